@@ -1,0 +1,20 @@
+"""The algorithm core: pure tensor functions, each chosen by name from a registry.
+
+Importing this package fills every registry.
+"""
+
+from pivotal.algos.advantages import ADVANTAGES, group_stats, register_advantage
+from pivotal.algos.aggregation import AGGREGATIONS, aggregate_loss, register_aggregation
+from pivotal.algos.credit import CREDITS, apply_credit, register_credit
+from pivotal.algos.kl import KL_ESTIMATORS, kl_per_token, kl_reward_penalty, register_kl
+from pivotal.algos.losses import LOSSES, LossOutput, masked_mean, register_loss
+from pivotal.algos.shaping import dynamic_sampling_mask, overlong_penalty, truncation_mask
+
+__all__ = [
+    "ADVANTAGES", "register_advantage", "group_stats",
+    "AGGREGATIONS", "register_aggregation", "aggregate_loss",
+    "CREDITS", "register_credit", "apply_credit",
+    "KL_ESTIMATORS", "register_kl", "kl_per_token", "kl_reward_penalty",
+    "LOSSES", "register_loss", "LossOutput", "masked_mean",
+    "overlong_penalty", "dynamic_sampling_mask", "truncation_mask",
+]

@@ -1,0 +1,135 @@
+"""Command line: `pivotal train | eval | config`.
+
+    pivotal train                                   # the built-in demo (SmolLM2-135M, arithmetic)
+    pivotal train configs/gsm8k.yaml optim.lr=2e-6  # a config file plus dotted overrides
+    pivotal train configs/demo.yaml --resume        # continue from the last good checkpoint
+    pivotal eval --model runs/demo/checkpoints/step_000020 --data ../shared/data/svamp_test.jsonl
+    pivotal config --keys                           # every key, its default and help text
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+from .config import ConfigError, describe_keys, load_config
+
+
+def _split_args(items: list[str]) -> tuple[str | None, list[str]]:
+    """First positional that is not 'k=v' is the config file; the rest are overrides."""
+    path, overrides = None, []
+    for item in items:
+        if "=" in item:
+            overrides.append(item)
+        elif path is None:
+            path = item
+        else:
+            raise ConfigError(f"unexpected argument '{item}': overrides look like section.key=value")
+    return path, overrides
+
+
+def cmd_train(args) -> int:
+    from .trainer import Trainer
+
+    path, overrides = _split_args(args.items)
+    if args.output_dir:
+        overrides.append(f"train.output_dir={args.output_dir}")
+    cfg = load_config(path, overrides)
+    print(f"pivotal train: model {cfg.model.name} on {cfg.model.device} | task {cfg.task.name} | "
+          f"{cfg.algo.advantage} + {cfg.algo.loss} ({cfg.algo.aggregation}), credit "
+          f"{cfg.algo.credit} | rollout engine {cfg.rollout.engine} | {cfg.train.steps} steps of "
+          f"{cfg.rollout.prompts_per_step}x{cfg.rollout.group_size} | output {cfg.train.output_dir}",
+          flush=True)
+    trainer = Trainer(cfg, progress=not args.quiet)
+    trainer.train(resume=args.resume)
+    return 0
+
+
+def cmd_eval(args) -> int:
+    from .evaluate import evaluate, write_eval_outputs
+    from .models import load_model
+    from .tasks import build_task
+
+    path, overrides = _split_args(args.items)
+    if args.model:
+        overrides.append(f"model.name={args.model}")
+    cfg = load_config(path, overrides)
+    if args.data:
+        task = build_task("file", path=args.data, question_field=args.question_field,
+                          answer_field=args.answer_field, answer_format=args.answer_format,
+                          eval_path=args.data)
+    else:
+        task = build_task(cfg.task.name, **cfg.task.options)
+    problems = task.eval_problems()[: cfg.eval.size if args.limit is None else args.limit]
+    model, tokenizer = load_model(cfg.model.name, cfg.model.device, cfg.model.dtype,
+                                  cfg.model.cache_dir)
+    summary, records = evaluate(model, tokenizer, problems, n_samples=cfg.eval.n_samples,
+                                temperature=cfg.eval.temperature,
+                                max_new_tokens=cfg.eval.max_new_tokens,
+                                batch_size=cfg.eval.batch_size, instruction=cfg.task.instruction,
+                                system_prompt=cfg.task.system_prompt, seed=cfg.train.seed)
+    summary["model"] = cfg.model.name
+    out = Path(args.out)
+    write_eval_outputs(out, summary, records)
+    print(json.dumps(summary, indent=2))
+    print(f"wrote {out / 'eval_summary.json'} and {out / 'generations.jsonl'}")
+    return 0
+
+
+def cmd_config(args) -> int:
+    if args.keys:
+        print(describe_keys())
+        return 0
+    path, overrides = _split_args(args.items)
+    import yaml
+    print(yaml.safe_dump(load_config(path, overrides).to_dict(), sort_keys=False))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="pivotal", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="command", required=True)
+
+    t = sub.add_parser("train", help="train with RLVR (no arguments: the built-in demo)")
+    t.add_argument("items", nargs="*", help="[config.yaml] [section.key=value ...]")
+    t.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
+    t.add_argument("--output-dir", help="shorthand for train.output_dir=...")
+    t.add_argument("--quiet", action="store_true", help="no progress bars")
+    t.set_defaults(fn=cmd_train)
+
+    e = sub.add_parser("eval", help="greedy / avg@n / pass@k / maj@n on held-out problems")
+    e.add_argument("items", nargs="*", help="[config.yaml] [section.key=value ...]")
+    e.add_argument("--model", help="model spec or checkpoint directory (model.name)")
+    e.add_argument("--data", help="a JSONL/parquet file: evaluate on all of its rows")
+    e.add_argument("--question-field", default="question")
+    e.add_argument("--answer-field", default="answer")
+    e.add_argument("--answer-format", default="plain", help="plain | gsm8k ('#### N')")
+    e.add_argument("--limit", type=int, help="evaluate the first N problems (default eval.size)")
+    e.add_argument("--out", default="runs/eval", help="output directory")
+    e.set_defaults(fn=cmd_eval)
+
+    c = sub.add_parser("config", help="print the resolved config, or every key with --keys")
+    c.add_argument("items", nargs="*")
+    c.add_argument("--keys", action="store_true")
+    c.set_defaults(fn=cmd_config)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    for noisy in ("httpx", "urllib3", "filelock", "transformers"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    args = build_parser().parse_args(argv)
+    try:
+        return args.fn(args)
+    except ConfigError as e:
+        print(f"pivotal: config error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,331 @@
+"""Configuration: nested dataclasses, YAML files, dotted command-line overrides, early validation.
+
+`load_config("configs/demo.yaml", ["algo.loss=gspo", "optim.lr=2e-6"])` reads the file, applies the
+overrides (values parsed as YAML scalars) and validates everything that can be checked before a
+model loads: unknown keys (with the nearest valid name suggested), unknown method names, option
+names a method does not take, and out-of-range numbers.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import difflib
+import inspect
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """Bad configuration; the message names the key at fault."""
+
+
+def _f(default, help: str):
+    """A dataclass field with help text (shown by `pivotal config --help-keys`)."""
+    if isinstance(default, (dict, list)):
+        return field(default_factory=lambda: copy.deepcopy(default), metadata={"help": help})
+    return field(default=default, metadata={"help": help})
+
+
+@dataclass
+class ModelConfig:
+    name: str = _f("smollm2-135m", "'smollm2-135m' (built in), 'tiny-random' (tests), a local HF "
+                   "model directory, or a hub id already in the local HF cache.")
+    device: str = _f("cpu", "cpu | cuda | cuda:N | auto.")
+    dtype: str = _f("float32", "float32 | bfloat16 | float16. CPUs without bf16 units: float32.")
+    cache_dir: str | None = _f(None, "Where the built-in model's safetensors are cached "
+                               "(default $PIVOTAL_CACHE or ~/.cache/pivotal).")
+    gradient_checkpointing: bool = _f(False, "Trade compute for memory on long responses.")
+
+
+@dataclass
+class TaskConfig:
+    name: str = _f("arithmetic", "arithmetic | countdown | file | gsm8k | svamp | mawps | hub.")
+    options: dict = _f({}, "Keyword options of the task constructor (e.g. levels, path, seed).")
+    instruction: str = _f("Put the final answer in \\boxed{}.", "Appended to every question.")
+    system_prompt: str | None = _f(None, "Optional system message for the chat template.")
+
+
+@dataclass
+class RolloutConfig:
+    engine: str = _f("transformers", "Rollout engine: transformers.")
+    prompts_per_step: int = _f(8, "Prompts sampled per training step.")
+    group_size: int = _f(8, "Responses per prompt (G). GRPO paper: 64; 8-16 is common.")
+    max_new_tokens: int = _f(64, "Response length cap (L_max).")
+    temperature: float = _f(1.0, "Sampling temperature; log-probs are taken at this temperature.")
+    top_p: float = _f(1.0, "Nucleus sampling mass (1 = off).")
+    top_k: int = _f(0, "Top-k sampling (0 = off).")
+
+
+@dataclass
+class RewardConfig:
+    components: list = _f([{"name": "task", "weight": 1.0}],
+                          "Reward functions and weights: a registered name ('task' = the task's own "
+                          "verifier, 'math', 'math_strict', 'countdown', 'format') or "
+                          "'module:function'. The first component defines correctness.")
+    extract: list = _f(["boxed", "hash", "last_number"],
+                       "Answer extraction order for 'math'/'task' rewards and evaluation.")
+    timeout_s: float = _f(10.0, "Per-call timeout of a reward function; a timeout scores 0.")
+    overlong_buffer: int = _f(0, "DAPO overlong shaping buffer L_buf in tokens (0 = off). "
+                              "DAPO (arXiv:2503.14476): 4096 of 20480.")
+    overlong_factor: float = _f(1.0, "DAPO overlong penalty at the length cap.")
+    mask_truncated: bool = _f(False, "DAPO overlong filtering: truncated responses get no loss.")
+
+
+@dataclass
+class AlgoConfig:
+    advantage: str = _f("grpo", "grpo | dr_grpo | rloo | reinforce_pp_baseline.")
+    advantage_options: dict = _f({}, "e.g. {std_scale: group|batch|none, eps: 1e-6}.")
+    loss: str = _f("ppo_clip", "ppo_clip | gspo | vanilla_pg.")
+    loss_options: dict = _f({}, "e.g. ppo_clip {clip_low: 0.2, clip_high: 0.28, dual_clip: 3}.")
+    aggregation: str = _f("token-mean", "token-mean (DAPO) | seq-mean-token-mean (GRPO, GSPO) | "
+                          "seq-mean-token-sum | seq-mean-token-sum-norm (Dr.GRPO).")
+    credit: str = _f("identity", "Per-token credit: a registered (B,T) multiplier on advantages.")
+    credit_options: dict = _f({}, "Keyword options of the credit function.")
+    kl_beta: float = _f(0.0, "KL-to-reference coefficient; 0 = no reference model is loaded.")
+    kl_estimator: str = _f("k3", "k1 | k2 | k3 (Schulman's estimators).")
+    kl_in_reward: bool = _f(False, "Subtract beta * sum(k1) from the reward instead of a loss term.")
+    entropy_coef: float = _f(0.0, "Entropy bonus coefficient (0 = off).")
+    dynamic_sampling: bool = _f(False, "DAPO: drop groups whose rewards all agree and sample more.")
+    max_sampling_rounds: int = _f(3, "DAPO dynamic sampling: cap on generation rounds per step.")
+    old_logprobs: str = _f("rollout", "Source of log pi_old after the first update: 'rollout' "
+                           "(the sampler's) or 'recompute' (one extra no-grad forward).")
+
+
+@dataclass
+class OptimConfig:
+    lr: float = _f(1e-6, "AdamW learning rate.")
+    weight_decay: float = _f(0.0, "AdamW weight decay.")
+    betas: list = _f([0.9, 0.999], "AdamW betas.")
+    warmup_steps: int = _f(0, "Linear LR warmup, in optimizer steps.")
+    max_grad_norm: float = _f(1.0, "Gradient clipping norm (0 = off).")
+    epochs_per_rollout: int = _f(1, "Passes over each rollout batch.")
+    mini_batches: int = _f(1, "Optimizer steps per pass (FIPO's recipe uses 8).")
+    micro_batch_size: int = _f(8, "Rows per forward/backward (gradient accumulation).")
+
+
+@dataclass
+class TrainConfig:
+    steps: int = _f(20, "Training steps (one rollout batch each).")
+    seed: int = _f(0, "Seeds sampling, shuffling and the task stream.")
+    output_dir: str = _f("runs/demo", "Where metrics, checkpoints and the final model go.")
+    save_every: int = _f(0, "Checkpoint every N steps (0 = only at the end).")
+    keep_checkpoints: int = _f(2, "How many recent checkpoints to keep.")
+    eval_every: int = _f(0, "Held-out greedy eval every N steps (0 = only before/after).")
+    eval_before_after: bool = _f(True, "Greedy held-out accuracy before and after training.")
+    tensorboard: bool = _f(True, "Write TensorBoard event files.")
+    wandb: bool = _f(False, "Log to Weights & Biases (needs `wandb` installed).")
+
+
+@dataclass
+class EvalConfig:
+    size: int = _f(100, "Held-out problems to evaluate (<= the task's eval set).")
+    n_samples: int = _f(1, "Samples per problem for avg@n / pass@k / maj@n (1 = greedy only).")
+    temperature: float = _f(1.0, "Sampling temperature when n_samples > 1.")
+    max_new_tokens: int = _f(64, "Response length cap at evaluation.")
+    batch_size: int = _f(32, "Prompts per generation batch.")
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    task: TaskConfig = field(default_factory=TaskConfig)
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    reward: RewardConfig = field(default_factory=RewardConfig)
+    algo: AlgoConfig = field(default_factory=AlgoConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+# ---------------------------------------------------------------------------- loading
+
+def _nearest(name: str, options) -> str:
+    close = difflib.get_close_matches(name, list(options), n=1, cutoff=0.5)
+    return f" Did you mean '{close[0]}'?" if close else ""
+
+
+def _apply(obj, data: dict, where: str) -> None:
+    """Write `data` into dataclass `obj`, recursing into sub-configs; unknown keys raise."""
+    names = {f.name: f for f in dataclasses.fields(obj)}
+    for key, value in data.items():
+        path = f"{where}.{key}" if where else key
+        if key not in names:
+            raise ConfigError(f"unknown config key '{path}'.{_nearest(key, names)} "
+                              f"Valid keys{' of ' + where if where else ''}: {', '.join(names)}")
+        current = getattr(obj, key)
+        if dataclasses.is_dataclass(current):
+            if not isinstance(value, dict):
+                raise ConfigError(f"config key '{path}' is a section; give it a mapping")
+            _apply(current, value, path)
+        else:
+            setattr(obj, key, _coerce(value, current, names[key], path))
+
+
+def _coerce(value, current, f: dataclasses.Field, path: str):
+    """Check a value against the field's default type; ints are accepted where floats are."""
+    if value is None or current is None:
+        return value
+    kind = type(current)
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if kind is bool and not isinstance(value, bool):
+        raise ConfigError(f"config key '{path}' must be true or false, got {value!r}")
+    if kind in (int, float) and (isinstance(value, bool) or not isinstance(value, (int, float))):
+        raise ConfigError(f"config key '{path}' must be a number, got {value!r}")
+    if kind is int and isinstance(value, float):
+        if not value.is_integer():
+            raise ConfigError(f"config key '{path}' must be an integer, got {value!r}")
+        return int(value)
+    if kind in (dict, list, str) and not isinstance(value, kind):
+        raise ConfigError(f"config key '{path}' must be a {kind.__name__}, got {value!r}")
+    return value
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """'algo.loss_options.clip_high=0.28' -> (['algo', 'loss_options', 'clip_high'], 0.28)."""
+    if "=" not in text:
+        raise ConfigError(f"override '{text}' must look like section.key=value")
+    key, raw = text.split("=", 1)
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    return key.strip().split("."), value
+
+
+def _nest(keys: list[str], value) -> dict:
+    out: dict = value
+    for k in reversed(keys):
+        out = {k: out}
+    return out
+
+
+def _merge(base: dict, extra: dict) -> dict:
+    for k, v in extra.items():
+        if isinstance(v, dict) and isinstance(base.get(k), dict):
+            _merge(base[k], v)
+        else:
+            base[k] = v
+    return base
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] = (),
+                validate: bool = True) -> Config:
+    data: dict = {}
+    if path is not None:
+        path = Path(path)
+        if not path.exists():
+            raise ConfigError(f"config file '{path}' does not exist")
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"config file '{path}' is not valid YAML: {e}") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"config file '{path}' must hold a mapping of sections")
+    for text in overrides:
+        keys, value = parse_override(text)
+        _merge(data, _nest(keys, value))
+    cfg = Config()
+    _apply(cfg, data, "")
+    if validate:
+        validate_config(cfg)
+    return cfg
+
+
+def save_config(cfg: Config, path: str | Path) -> None:
+    Path(path).write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+
+
+# ---------------------------------------------------------------------------- validation
+
+def check_options(fn, options: dict, where: str) -> None:
+    """Every option must be a keyword parameter of `fn` (unless it takes **kwargs)."""
+    params = inspect.signature(fn).parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return
+    valid = [n for n, p in params.items() if p.kind is inspect.Parameter.KEYWORD_ONLY
+             or (p.default is not inspect.Parameter.empty)]
+    for key in options:
+        if key not in valid:
+            raise ConfigError(f"'{where}' has no option '{key}'.{_nearest(key, valid)} "
+                              f"Valid options: {', '.join(valid) or 'none'}")
+
+
+def _positive(value, path: str, allow_zero: bool = False) -> None:
+    if value < 0 or (value == 0 and not allow_zero):
+        raise ConfigError(f"config key '{path}' must be {'>= 0' if allow_zero else '> 0'}, "
+                          f"got {value}")
+
+
+def validate_config(cfg: Config) -> None:
+    """Everything checkable before a model loads. Raises ConfigError naming the key."""
+    from .algos import ADVANTAGES, AGGREGATIONS, CREDITS, KL_ESTIMATORS, LOSSES
+    from .models import DTYPES
+    from .registry import UnknownNameError
+    from .tasks import TASKS
+
+    checks = [("algo.advantage", ADVANTAGES, cfg.algo.advantage, cfg.algo.advantage_options),
+              ("algo.loss", LOSSES, cfg.algo.loss, cfg.algo.loss_options),
+              ("algo.credit", CREDITS, cfg.algo.credit, cfg.algo.credit_options),
+              ("algo.aggregation", AGGREGATIONS, cfg.algo.aggregation, None),
+              ("algo.kl_estimator", KL_ESTIMATORS, cfg.algo.kl_estimator, None),
+              ("task.name", TASKS, cfg.task.name, None)]
+    for path, registry, name, options in checks:
+        try:
+            fn = registry.get(name)
+        except UnknownNameError as e:
+            raise ConfigError(f"{path}: {e}") from None
+        if options:
+            check_options(fn, options, f"{path}={name}")
+    if cfg.model.dtype not in DTYPES:
+        raise ConfigError(f"model.dtype '{cfg.model.dtype}' is not one of {', '.join(DTYPES)}")
+    if cfg.rollout.engine not in ("transformers",):
+        raise ConfigError(f"rollout.engine '{cfg.rollout.engine}' is not available; "
+                          f"choose 'transformers'")
+    if cfg.algo.old_logprobs not in ("rollout", "recompute"):
+        raise ConfigError("algo.old_logprobs must be 'rollout' or 'recompute'")
+    for path in ("rollout.prompts_per_step", "rollout.group_size", "rollout.max_new_tokens",
+                 "optim.lr", "optim.epochs_per_rollout", "optim.mini_batches",
+                 "optim.micro_batch_size", "train.steps", "eval.size", "eval.n_samples",
+                 "eval.max_new_tokens", "eval.batch_size", "algo.max_sampling_rounds"):
+        section, key = path.split(".")
+        _positive(getattr(getattr(cfg, section), key), path)
+    for path in ("rollout.temperature", "algo.kl_beta", "algo.entropy_coef",
+                 "optim.weight_decay", "optim.max_grad_norm", "train.save_every",
+                 "train.eval_every", "reward.overlong_buffer", "optim.warmup_steps"):
+        section, key = path.split(".")
+        _positive(getattr(getattr(cfg, section), key), path, allow_zero=True)
+    if not 0 < cfg.rollout.top_p <= 1:
+        raise ConfigError(f"rollout.top_p must be in (0, 1], got {cfg.rollout.top_p}")
+    if cfg.optim.mini_batches > cfg.rollout.prompts_per_step * cfg.rollout.group_size:
+        raise ConfigError("optim.mini_batches exceeds the number of responses per step "
+                          "(rollout.prompts_per_step x rollout.group_size)")
+    if cfg.reward.overlong_buffer >= cfg.rollout.max_new_tokens:
+        raise ConfigError("reward.overlong_buffer must be smaller than rollout.max_new_tokens")
+    if not cfg.reward.components:
+        raise ConfigError("reward.components is empty: give at least one reward function")
+    for i, comp in enumerate(cfg.reward.components):
+        if not isinstance(comp, dict) or "name" not in comp:
+            raise ConfigError(f"reward.components[{i}] must be a mapping with a 'name'")
+        unknown = set(comp) - {"name", "weight", "options", "label"}
+        if unknown:
+            raise ConfigError(f"reward.components[{i}] has unknown key(s) {sorted(unknown)}; "
+                              f"valid: name, weight, options, label")
+
+
+def describe_keys() -> str:
+    """Every config key with its default and help text, for `pivotal config --keys`."""
+    lines = []
+    for section in dataclasses.fields(Config):
+        lines.append(f"{section.name}:")
+        for f in dataclasses.fields(section.default_factory()):
+            default = getattr(section.default_factory(), f.name)
+            lines.append(f"  {f.name} = {default!r}\n      {f.metadata.get('help', '')}")
+    return "\n".join(lines)

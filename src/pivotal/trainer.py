@@ -1,0 +1,405 @@
+"""The RLVR training loop: rollout -> reward -> advantage -> credit -> clipped policy updates.
+
+One training step samples `prompts_per_step x group_size` responses, scores them, computes (B, T)
+advantages, then runs `epochs_per_rollout x mini_batches` optimizer steps over that batch with
+gradient accumulation over micro-batches. Every algorithmic choice is a registry name in config; this
+file never branches on a method's name.
+
+Simplifications: one process, one device; the rollout engine shares the policy's weights (no copy),
+so weight sync is free. On the first mini-batch after a rollout the policy *is* the sampling policy,
+so log pi_old is taken from that same forward pass (exactly equal, no second forward); later
+mini-batches use the sampler's log-probs (or a recompute, `algo.old_logprobs=recompute`).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import math
+import time
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from . import checkpoint as ckpt
+from .algos import (ADVANTAGES, AGGREGATIONS, CREDITS, KL_ESTIMATORS, LOSSES, dynamic_sampling_mask,
+                    group_stats, kl_reward_penalty, overlong_penalty)
+from .batch import RolloutBatch
+from .config import Config, save_config, validate_config
+from .evaluate import evaluate
+from .logprobs import entropy_from_logits, response_logits, token_logprobs, trim_padding
+from .metrics import MetricsLogger
+from .models import load_model
+from .rewards import RewardScorer
+from .rollout import SamplingParams, TransformersEngine
+from .tasks import build_task, format_prompt
+
+log = logging.getLogger("pivotal.trainer")
+
+
+def _seed_for(*parts: int) -> int:
+    """A stable 63-bit seed from integers (seed, step, round...)."""
+    h = 1469598103934665603
+    for p in parts:
+        h = ((h ^ (p & 0xFFFFFFFFFFFF)) * 1099511628211) % (2**63)
+    return h
+
+
+class Trainer:
+    def __init__(self, cfg: Config, progress: bool = True):
+        validate_config(cfg)
+        self.cfg = cfg
+        self.progress = progress
+        self.out_dir = Path(cfg.train.output_dir)
+        self.ckpt_dir = self.out_dir / "checkpoints"
+        torch.manual_seed(cfg.train.seed)
+        self.task = build_task(cfg.task.name, **cfg.task.options)
+        self.scorer = RewardScorer(_with_extraction(cfg.reward.components, cfg.reward.extract),
+                                   timeout_s=cfg.reward.timeout_s)
+        self.model, self.tokenizer = load_model(cfg.model.name, cfg.model.device, cfg.model.dtype,
+                                                cfg.model.cache_dir, seed=cfg.train.seed)
+        self.device = next(self.model.parameters()).device
+        if cfg.model.gradient_checkpointing:
+            self.model.gradient_checkpointing_enable()
+        # beta = 0 means no reference model is ever loaded (saves its memory and forward passes)
+        self.ref_model = None
+        if cfg.algo.kl_beta > 0:
+            self.ref_model = copy.deepcopy(self.model).eval().requires_grad_(False)
+        self.engine = TransformersEngine(self.model, self.tokenizer)
+        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=cfg.optim.lr,
+                                           betas=tuple(cfg.optim.betas),
+                                           weight_decay=cfg.optim.weight_decay)
+        warmup = cfg.optim.warmup_steps
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lambda s: min(1.0, (s + 1) / warmup) if warmup else 1.0)
+        self.step = 0
+        self.cursor = 0  # index of the next training problem
+        self.history: dict = {}  # before/after evaluations
+        self.eval_problems = self.task.eval_problems()[: cfg.eval.size]
+        self._advantage = ADVANTAGES.get(cfg.algo.advantage)
+        self._loss = LOSSES.get(cfg.algo.loss)
+        self._credit = CREDITS.get(cfg.algo.credit)
+        self._aggregate = AGGREGATIONS.get(cfg.algo.aggregation)
+        self._kl = KL_ESTIMATORS.get(cfg.algo.kl_estimator)
+
+    # ------------------------------------------------------------------ rollout and scoring
+    def _prompts(self, problems) -> list[str]:
+        t = self.cfg.task
+        return [format_prompt(p, self.tokenizer, t.instruction, t.system_prompt) for p in problems]
+
+    def _sample_round(self, round_index: int, group_offset: int) -> RolloutBatch:
+        cfg = self.cfg
+        problems = [self.task.train_problem(self.cursor + i)
+                    for i in range(cfg.rollout.prompts_per_step)]
+        self.cursor += len(problems)
+        params = SamplingParams(cfg.rollout.max_new_tokens, cfg.rollout.temperature,
+                                cfg.rollout.top_p, cfg.rollout.top_k)
+        t0 = time.perf_counter()
+        batch, texts = self.engine.generate(self._prompts(problems), cfg.rollout.group_size, params,
+                                            seed=_seed_for(cfg.train.seed, self.step, round_index))
+        t1 = time.perf_counter()
+        G = cfg.rollout.group_size
+        expanded = [p for p in problems for _ in range(G)]
+        scores = self.scorer.score(texts, expanded)
+        batch.rewards = torch.tensor([s["reward"] for s in scores], dtype=torch.float32)
+        batch.correct = torch.tensor([s["correct"] for s in scores], dtype=torch.bool)
+        if cfg.reward.overlong_buffer > 0:
+            batch.rewards = batch.rewards + overlong_penalty(
+                batch.response_lengths, cfg.rollout.max_new_tokens, cfg.reward.overlong_buffer,
+                cfg.reward.overlong_factor)
+        batch.group_ids = batch.group_ids + group_offset
+        batch.extras = {"text": texts, "problem_id": [p.id for p in expanded]}
+        self._timing["generate"] += t1 - t0
+        self._timing["score"] += time.perf_counter() - t1
+        return batch
+
+    def rollout(self) -> tuple[RolloutBatch, dict]:
+        """Sample and score one step's batch (with DAPO dynamic sampling when enabled)."""
+        cfg = self.cfg
+        want = cfg.rollout.prompts_per_step
+        if not cfg.algo.dynamic_sampling:
+            batch = self._sample_round(0, 0)
+            return batch, {"sampling_rounds": 1, **self._group_metrics(batch)}
+        kept, n_groups, first = [], 0, None
+        for r in range(cfg.algo.max_sampling_rounds):
+            batch = self._sample_round(r, r * want)
+            first = first or self._group_metrics(batch)
+            keep = dynamic_sampling_mask(batch.rewards, batch.group_ids)
+            if keep.any():
+                kept.append(batch.select(keep.nonzero().squeeze(-1)))
+                n_groups += len(torch.unique(kept[-1].group_ids))
+            if n_groups >= want:
+                break
+        if not kept:  # every group agreed in every round: nothing to learn from this step
+            return batch.select([]), {"sampling_rounds": r + 1, **first}
+        batch = RolloutBatch.concat(kept, self.tokenizer.pad_token_id)
+        groups = torch.unique(batch.group_ids)[:want]  # trim the overfill to whole groups
+        batch = batch.select(torch.isin(batch.group_ids, groups).nonzero().squeeze(-1))
+        return batch, {"sampling_rounds": r + 1, **first}
+
+    @staticmethod
+    def _group_metrics(batch: RolloutBatch) -> dict:
+        lengths = batch.response_lengths
+        return {"reward": batch.rewards.mean().item(),
+                "accuracy": batch.correct.float().mean().item(),
+                "response_length": lengths.mean().item(),
+                "response_length_max": lengths.max().item(),
+                "truncation_rate": batch.truncated.float().mean().item(),
+                "zero_variance_groups": group_stats(batch.rewards, batch.group_ids)
+                ["zero_variance_frac"]}
+
+    # ------------------------------------------------------------------ log-prob helpers
+    @torch.no_grad()
+    def _logprobs_no_grad(self, model, batch: RolloutBatch) -> torch.Tensor:
+        """(B, T) log-probs of the batch's responses under `model`, in micro-batches."""
+        out = torch.zeros_like(batch.old_logprobs)
+        mb = self.cfg.optim.micro_batch_size
+        for start in range(0, batch.size, mb):
+            idx = torch.arange(start, min(start + mb, batch.size))
+            view = trim_padding(batch.select(idx)).to(self.device)
+            logits = response_logits(model, view, self.cfg.rollout.temperature)
+            lp = token_logprobs(logits, view.response_ids).cpu()
+            out[idx, : lp.shape[1]] = lp * view.response_mask.cpu()
+        return out
+
+    # ------------------------------------------------------------------ one step
+    def train_step(self) -> dict:
+        cfg = self.cfg
+        self._timing = {"generate": 0.0, "score": 0.0, "train": 0.0}
+        self.model.eval()
+        t_start = time.perf_counter()
+        batch, metrics = self.rollout()
+        if batch.size == 0:
+            log.warning("step %d: every group's rewards agree; no update", self.step)
+            return {**metrics, "skipped": 1, **{f"time_{k}": v for k, v in self._timing.items()}}
+        t_train = time.perf_counter()
+        if self.ref_model is not None:
+            batch.ref_logprobs = self._logprobs_no_grad(self.ref_model, batch)
+            if cfg.algo.kl_in_reward:
+                batch.rewards = batch.rewards - kl_reward_penalty(
+                    batch.old_logprobs, batch.ref_logprobs, batch.response_mask,
+                    coef=cfg.algo.kl_beta)
+        if cfg.algo.old_logprobs == "recompute":
+            batch.old_logprobs = self._logprobs_no_grad(self.model, batch)
+        batch.advantages = self._advantage(batch.rewards, batch.group_ids, batch.response_mask,
+                                           **cfg.algo.advantage_options)
+        if cfg.reward.mask_truncated:
+            batch.token_weights = (~batch.truncated).float()[:, None].expand_as(
+                batch.response_mask).clone()
+        update_metrics = self._update(batch)
+        self._timing["train"] += time.perf_counter() - t_train
+        total = time.perf_counter() - t_start
+        n_tokens = batch.response_mask.sum().item()
+        metrics.update(update_metrics)
+        metrics.update({"lr": self.scheduler.get_last_lr()[0], "tokens": n_tokens,
+                        "tokens_per_s": n_tokens / max(total, 1e-9), "time_step": total,
+                        **{f"time_{k}": v for k, v in self._timing.items()}})
+        return metrics
+
+    def _update(self, batch: RolloutBatch) -> dict:
+        """epochs x mini-batches optimizer steps over one rollout batch. Returns averaged metrics."""
+        cfg, model = self.cfg, self.model
+        model.train()
+        sums: dict[str, float] = {}
+        weight_total = 0.0
+        grad_norms = []
+        on_policy = True  # no optimizer step since the rollout: pi_theta == pi_old exactly
+        for epoch in range(cfg.optim.epochs_per_rollout):
+            gen = torch.Generator().manual_seed(_seed_for(cfg.train.seed, self.step, epoch, 7))
+            order = torch.randperm(batch.size, generator=gen)
+            for mini_idx in order.chunk(cfg.optim.mini_batches):
+                mini = batch.select(mini_idx)
+                loss_mask = self._loss_mask(mini)
+                totals = {"total_tokens": max(loss_mask.sum().item(), 1.0),
+                          "total_seqs": mini.size, "max_len": cfg.rollout.max_new_tokens}
+                for start in range(0, mini.size, cfg.optim.micro_batch_size):
+                    idx = torch.arange(start, min(start + cfg.optim.micro_batch_size, mini.size))
+                    micro = trim_padding(mini.select(idx)).to(self.device)
+                    m = self._micro_step(micro, on_policy, totals)
+                    w = micro.response_mask.sum().item()
+                    weight_total += w
+                    for k, v in m.items():
+                        sums[k] = sums.get(k, 0.0) + v * w
+                if cfg.optim.max_grad_norm > 0:
+                    norm = torch.nn.utils.clip_grad_norm_(model.parameters(),
+                                                          cfg.optim.max_grad_norm)
+                else:
+                    norm = torch.linalg.vector_norm(torch.stack(
+                        [p.grad.norm() for p in model.parameters() if p.grad is not None]))
+                grad_norms.append(float(norm))
+                self.optimizer.step()
+                self.scheduler.step()
+                self.optimizer.zero_grad(set_to_none=True)
+                on_policy = False
+        model.eval()
+        out = {k: v / max(weight_total, 1e-9) for k, v in sums.items()}
+        out["grad_norm"] = sum(grad_norms) / len(grad_norms)
+        out["optimizer_steps"] = len(grad_norms)
+        return out
+
+    def _loss_mask(self, batch: RolloutBatch) -> torch.Tensor:
+        if batch.token_weights is None:
+            return batch.response_mask
+        return batch.response_mask * (batch.token_weights != 0)
+
+    def _micro_step(self, micro: RolloutBatch, on_policy: bool, totals: dict) -> dict:
+        cfg = self.cfg
+        logits = response_logits(self.model, micro, cfg.rollout.temperature)
+        logp = token_logprobs(logits, micro.response_ids)
+        mask = micro.response_mask
+        if cfg.algo.entropy_coef > 0:
+            entropy = entropy_from_logits(logits)
+        else:
+            with torch.no_grad():
+                entropy = entropy_from_logits(logits.detach())
+        del logits
+        old = logp.detach() if on_policy else micro.old_logprobs
+        multiplier = self._credit(micro, logp.detach(), **cfg.algo.credit_options)
+        advantages = micro.advantages * multiplier
+        out = self._loss(logp, old, advantages, mask, **cfg.algo.loss_options)
+        per_token = out.per_token_loss
+        if micro.token_weights is not None:
+            per_token = per_token * micro.token_weights
+        metrics = {k: float(v) for k, v in out.metrics.items()}
+        if micro.ref_logprobs is not None:
+            kl = self._kl(logp, micro.ref_logprobs) * mask
+            metrics["kl_ref"] = (kl.detach().sum() / mask.sum().clamp(min=1)).item()
+            if not cfg.algo.kl_in_reward:
+                per_token = per_token + cfg.algo.kl_beta * kl
+        if cfg.algo.entropy_coef > 0:
+            per_token = per_token - cfg.algo.entropy_coef * entropy * mask
+        loss = self._aggregate(per_token, self._loss_mask(micro), **totals)
+        loss.backward()
+        metrics["loss"] = loss.item() * totals["total_tokens"] / max(mask.sum().item(), 1)
+        metrics["entropy"] = ((entropy.detach() * mask).sum() / mask.sum().clamp(min=1)).item()
+        metrics["credit_mean"] = ((multiplier * mask).sum() / mask.sum().clamp(min=1)).item()
+        return metrics
+
+    # ------------------------------------------------------------------ evaluation
+    def evaluate(self, tag: str) -> dict:
+        e = self.cfg.eval
+        summary, records = evaluate(
+            self.model, self.tokenizer, self.eval_problems, n_samples=1,
+            max_new_tokens=e.max_new_tokens, batch_size=e.batch_size,
+            instruction=self.cfg.task.instruction, system_prompt=self.cfg.task.system_prompt,
+            seed=self.cfg.train.seed, progress=self.progress, engine=self.engine)
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        with open(self.out_dir / f"eval_{tag}.jsonl", "w") as f:
+            for r in records:
+                f.write(json.dumps(r) + "\n")
+        return summary
+
+    # ------------------------------------------------------------------ checkpoints
+    def _state(self) -> dict:
+        return {"step": self.step, "cursor": self.cursor, "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(), "rng": ckpt.rng_state(),
+                "history": self.history, "config": self.cfg.to_dict()}
+
+    def save(self) -> Path:
+        return ckpt.save_checkpoint(self.ckpt_dir, self.step, self.model, self.tokenizer,
+                                    self._state(), keep=self.cfg.train.keep_checkpoints)
+
+    def resume(self) -> bool:
+        """Load the newest complete checkpoint, if any. Returns whether one was found."""
+        path = ckpt.latest_checkpoint(self.ckpt_dir)
+        if path is None:
+            return False
+        state = ckpt.load_trainer_state(path)
+        from safetensors.torch import load_file
+        weights = load_file(path / "model.safetensors", device=str(self.device))
+        missing, unexpected = self.model.load_state_dict(weights, strict=False)
+        # tied embeddings are saved once; anything else missing means a different model
+        if unexpected or any("lm_head" not in k for k in missing):
+            raise RuntimeError(f"checkpoint {path} does not match model '{self.cfg.model.name}'")
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        ckpt.set_rng_state(state["rng"])
+        self.step, self.cursor = state["step"], state["cursor"]
+        self.history = state.get("history", {})
+        log.info("resumed from %s (step %d)", path, self.step)
+        return True
+
+    # ------------------------------------------------------------------ the loop
+    def train(self, resume: bool = False) -> dict:
+        cfg = self.cfg
+        resumed = self.resume() if resume else False
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, self.out_dir / "config.yaml")
+        logger = MetricsLogger(self.out_dir, cfg.train.tensorboard, cfg.train.wandb,
+                               resume_step=self.step if resumed else None,
+                               run_config=cfg.to_dict())
+        say = tqdm.write if self.progress else log.info
+        if cfg.train.eval_before_after and "before" not in self.history:
+            self.history["before"] = self.evaluate("before")
+            say(_fmt_eval("before", self.history["before"]))
+        bar = tqdm(total=cfg.train.steps, initial=self.step, desc="train", unit="step",
+                   disable=not self.progress)
+        try:
+            while self.step < cfg.train.steps:
+                metrics = self.train_step()
+                self.step += 1
+                if cfg.train.eval_every and self.step % cfg.train.eval_every == 0 \
+                        and self.step < cfg.train.steps:
+                    ev = self.evaluate(f"step{self.step}")
+                    metrics.update({f"eval_{k}": v for k, v in ev.items()})
+                logger.log(self.step, metrics)
+                say(_fmt_step(self.step, cfg.train.steps, metrics))
+                bar.update(1)
+                if cfg.train.save_every and self.step % cfg.train.save_every == 0:
+                    self.save()
+        finally:
+            bar.close()
+            logger.close()
+        if cfg.train.eval_before_after and "after" not in self.history:
+            self.history["after"] = self.evaluate("after")
+            say(_fmt_eval("after", self.history["after"]))
+        if not cfg.train.save_every or self.step % cfg.train.save_every:
+            self.save()
+        final = ckpt.latest_checkpoint(self.ckpt_dir)
+        summary = {"steps": self.step, "final_checkpoint": str(final), **self.history}
+        (self.out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+        if "before" in self.history and "after" in self.history:
+            say(_fmt_before_after(self.history["before"], self.history["after"],
+                                  len(self.eval_problems)))
+        return summary
+
+
+def _with_extraction(components: list[dict], extract: list[str]) -> list[dict]:
+    """Give reward.extract to the answer-matching components that did not set their own."""
+    out = []
+    for comp in components:
+        if comp["name"] in ("task", "math") and "extract" not in comp.get("options", {}):
+            comp = {**comp, "options": {**comp.get("options", {}), "extract": tuple(extract)}}
+        out.append(comp)
+    return out
+
+
+def _fmt_step(step: int, total: int, m: dict) -> str:
+    if m.get("skipped"):
+        return f"step {step}/{total} | skipped (all groups agree) | reward {m['reward']:.3f}"
+    return (f"step {step}/{total} | reward {m['reward']:.3f} acc {m['accuracy']:.3f} "
+            f"| len {m['response_length']:.1f} trunc {m['truncation_rate']:.2f} "
+            f"| ent {m.get('entropy', math.nan):.3f} clip {m.get('clip_frac_low', 0):.3f}/"
+            f"{m.get('clip_frac_high', 0):.3f} gnorm {m.get('grad_norm', math.nan):.3f} "
+            f"zero-var {m['zero_variance_groups']:.2f} | {m['tokens_per_s']:.0f} tok/s "
+            f"| gen {m['time_generate']:.1f}s score {m['time_score']:.1f}s "
+            f"train {m['time_train']:.1f}s")
+
+
+def _fmt_eval(tag: str, s: dict) -> str:
+    return (f"eval {tag}: greedy accuracy strict {100 * s['greedy_strict']:.1f}% | lenient "
+            f"{100 * s['greedy_lenient']:.1f}% | boxed {100 * s['boxed_rate']:.1f}% "
+            f"| mean length {s['greedy_mean_length']:.1f} ({s['num_problems']} held-out problems)")
+
+
+def _fmt_before_after(before: dict, after: dict, n: int) -> str:
+    rows = [("strict (boxed answer only)", "greedy_strict"),
+            ("lenient (last number if no box)", "greedy_lenient"),
+            ("writes a \\boxed{} answer", "boxed_rate")]
+    lines = [f"held-out greedy accuracy on {n} problems: before -> after"]
+    for label, key in rows:
+        b, a = 100 * before[key], 100 * after[key]
+        lines.append(f"  {label:34s} {b:5.1f}% -> {a:5.1f}%  ({a - b:+.1f} points)")
+    return "\n".join(lines)
