@@ -52,18 +52,18 @@ def cmd_eval(args) -> int:
     from .evaluate import evaluate, write_eval_outputs
     from .models import load_model
     from .tasks import build_task
+    from .tasks.files import load_problems
 
     path, overrides = _split_args(args.items)
     if args.model:
         overrides.append(f"model.name={args.model}")
     cfg = load_config(path, overrides)
-    if args.data:
-        task = build_task("file", path=args.data, question_field=args.question_field,
-                          answer_field=args.answer_field, answer_format=args.answer_format,
-                          eval_path=args.data)
+    if args.data:  # a whole file: every row is evaluated (up to --limit)
+        problems = load_problems(args.data, args.question_field, args.answer_field,
+                                 args.answer_format)[: args.limit]
     else:
         task = build_task(cfg.task.name, **cfg.task.options)
-    problems = task.eval_problems()[: cfg.eval.size if args.limit is None else args.limit]
+        problems = task.eval_problems()[: cfg.eval.size if args.limit is None else args.limit]
     model, tokenizer = load_model(cfg.model.name, cfg.model.device, cfg.model.dtype,
                                   cfg.model.cache_dir)
     summary, records = evaluate(model, tokenizer, problems, n_samples=cfg.eval.n_samples,

@@ -173,6 +173,11 @@ def _coerce(value, current, f: dataclasses.Field, path: str):
     if value is None or current is None:
         return value
     kind = type(current)
+    if kind in (int, float) and isinstance(value, str):
+        try:  # YAML 1.1 reads '1e-6' (no dot) as a string; users write it all the time
+            value = float(value)
+        except ValueError:
+            pass
     if kind is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     if kind is bool and not isinstance(value, bool):

@@ -205,6 +205,33 @@ def normalize_question(text: str) -> str:
     return " ".join(text.split()).casefold()
 
 
+def rows_to_problems(rows: list[SourceRow], name: str, question_field: str, answer_field: str,
+                     answer_format: str, reward: str = "math", part: str | None = None) -> list[Problem]:
+    """Rows as Problems, keeping the first of any repeated question."""
+    problems, seen = [], set()
+    for row in rows:
+        question = str(field_value(row, question_field, "question")).strip()
+        answer = extract_answer(row, answer_field, answer_format)
+        key = normalize_question(question)
+        if key in seen:
+            continue
+        seen.add(key)
+        pid = f"{name}-{part}-{row.index}" if part else f"{name}-{row.index}"
+        meta = {"source": Path(row.source).name, "row": row.index}
+        problems.append(Problem(id=pid, question=question, answer=answer, reward=reward, meta=meta))
+    return problems
+
+
+def load_problems(path: str | os.PathLike, question_field: str = "question",
+                  answer_field: str = "answer", answer_format: str = "plain",
+                  reward: str = "math") -> list[Problem]:
+    """Every distinct row of a JSONL/parquet file as a Problem (evaluation on a whole file)."""
+    if answer_format not in ANSWER_FORMATS:
+        raise ValueError(f"answer_format must be one of {list(ANSWER_FORMATS)}, got {answer_format!r}")
+    return rows_to_problems(read_rows(path), Path(path).stem, question_field, answer_field,
+                            answer_format, reward)
+
+
 # ----------------------------------------------------------------------------------------------
 # The task
 # ----------------------------------------------------------------------------------------------
@@ -247,20 +274,7 @@ class FileTask:
         self._epoch: tuple[int, list[int]] | None = None
 
     def _problems(self, rows: list[SourceRow], part: str | None) -> list[Problem]:
-        """Rows as Problems, keeping the first of any repeated question."""
-        question_field, answer_field, answer_format = self._fields
-        problems, seen = [], set()
-        for row in rows:
-            question = str(field_value(row, question_field, "question")).strip()
-            answer = extract_answer(row, answer_field, answer_format)
-            key = normalize_question(question)
-            if key in seen:
-                continue
-            seen.add(key)
-            pid = f"{self.name}-{part}-{row.index}" if part else f"{self.name}-{row.index}"
-            meta = {"source": Path(row.source).name, "row": row.index}
-            problems.append(Problem(id=pid, question=question, answer=answer, reward=self.reward, meta=meta))
-        return problems
+        return rows_to_problems(rows, self.name, *self._fields, reward=self.reward, part=part)
 
     @staticmethod
     def _drop_eval_questions(train: list[Problem], evals: list[Problem],

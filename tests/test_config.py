@@ -1,0 +1,81 @@
+import pytest
+
+from pivotal.config import ConfigError, load_config, parse_override
+
+
+def test_defaults_validate():
+    cfg = load_config()
+    assert cfg.model.name == "smollm2-135m"
+    assert cfg.algo.advantage == "grpo"
+
+
+def test_overrides_are_parsed_as_yaml_scalars():
+    cfg = load_config(None, ["algo.loss=gspo", "optim.lr=2e-6", "rollout.group_size=4",
+                             "algo.loss_options.clip_high=0.0004", "algo.dynamic_sampling=true"])
+    assert cfg.algo.loss == "gspo"
+    assert cfg.optim.lr == 2e-6
+    assert cfg.rollout.group_size == 4
+    assert cfg.algo.loss_options == {"clip_high": 0.0004}
+    assert cfg.algo.dynamic_sampling is True
+    assert parse_override("a.b=[1, 2]") == (["a", "b"], [1, 2])
+
+
+def test_yaml_file_and_override_precedence(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("optim:\n  lr: 1.0e-5\nrollout:\n  group_size: 4\n")
+    cfg = load_config(path, ["optim.lr=3e-6"])
+    assert cfg.optim.lr == 3e-6 and cfg.rollout.group_size == 4
+
+
+def test_unknown_key_suggests_nearest():
+    with pytest.raises(ConfigError, match=r"unknown config key 'optim.lrr'.*Did you mean 'lr'"):
+        load_config(None, ["optim.lrr=1"])
+    with pytest.raises(ConfigError, match=r"unknown config key 'algoo'.*Did you mean 'algo'"):
+        load_config(None, ["algoo.loss=gspo"])
+
+
+def test_unknown_method_name_is_named():
+    with pytest.raises(ConfigError, match=r"algo.advantage: unknown advantage estimator 'grpoo'.*"
+                                          r"Did you mean 'grpo'"):
+        load_config(None, ["algo.advantage=grpoo"])
+    with pytest.raises(ConfigError, match=r"algo.loss: unknown policy loss 'ppo'"):
+        load_config(None, ["algo.loss=ppo"])
+    with pytest.raises(ConfigError, match=r"task.name: unknown task 'arithmetc'"):
+        load_config(None, ["task.name=arithmetc"])
+
+
+def test_unknown_method_option_is_named():
+    with pytest.raises(ConfigError, match=r"'algo.loss=ppo_clip' has no option 'clip_hi'.*"
+                                          r"Did you mean 'clip_high'"):
+        load_config(None, ["algo.loss_options.clip_hi=0.3"])
+
+
+@pytest.mark.parametrize("override, culprit", [
+    ("rollout.group_size=0", "rollout.group_size"),
+    ("optim.lr=-1", "optim.lr"),
+    ("rollout.top_p=1.5", "rollout.top_p"),
+    ("rollout.group_size=two", "rollout.group_size"),
+    ("algo.dynamic_sampling=maybe", "algo.dynamic_sampling"),
+    ("rollout.group_size=2.5", "rollout.group_size"),
+    ("model.dtype=float8", "model.dtype"),
+])
+def test_bad_values_name_the_key(override, culprit):
+    with pytest.raises(ConfigError, match=culprit.replace(".", r"\.")):
+        load_config(None, [override])
+
+
+def test_missing_and_malformed_files(tmp_path):
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(tmp_path / "nope.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("optim: [unclosed\n")
+    with pytest.raises(ConfigError, match="bad.yaml' is not valid YAML"):
+        load_config(bad)
+
+
+def test_every_shipped_config_validates():
+    from pathlib import Path
+    configs = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"))
+    assert configs, "no example configs found"
+    for path in configs:
+        load_config(path)

@@ -1,0 +1,147 @@
+"""The training loop on the tiny random model: metrics, checkpoints, resume, crash safety."""
+
+import json
+
+import pytest
+import torch
+
+from pivotal import checkpoint as ckpt
+from pivotal.config import load_config
+from pivotal.metrics import read_metrics
+from pivotal.trainer import Trainer
+
+# Keys that depend only on the seed, not on wall-clock time.
+DETERMINISTIC = ("reward", "accuracy", "response_length", "loss", "grad_norm", "entropy",
+                 "clip_frac_low", "clip_frac_high", "zero_variance_groups")
+
+
+def tiny_config(out, **extra):
+    overrides = [
+        "model.name=tiny-random", f"train.output_dir={out}", "train.steps=4",
+        "train.eval_before_after=false", "train.tensorboard=false",
+        "rollout.prompts_per_step=2", "rollout.group_size=4", "rollout.max_new_tokens=8",
+        "optim.lr=1e-3", "optim.micro_batch_size=3", "optim.mini_batches=2",
+        "reward.components=[{name: 'rewards_for_tests:ascii_fraction'}]",
+        "task.options={levels: [{ops: ['+'], digits: 1}]}", "eval.size=4",
+        "eval.max_new_tokens=8",
+    ]
+    overrides += [f"{k}={v}" for k, v in extra.items()]
+    return load_config(None, overrides)
+
+
+def weights(model):
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def test_training_changes_weights_and_logs_metrics(tmp_path):
+    trainer = Trainer(tiny_config(tmp_path), progress=False)
+    before = weights(trainer.model)
+    trainer.train()
+    after = trainer.model.state_dict()
+    assert any(not torch.equal(before[k], after[k]) for k in before)
+    rows = read_metrics(tmp_path / "metrics.jsonl")
+    assert [r["step"] for r in rows] == [1, 2, 3, 4]
+    for key in ("reward", "accuracy", "response_length", "response_length_max",
+                "truncation_rate", "entropy", "clip_frac_low", "clip_frac_high", "grad_norm",
+                "zero_variance_groups", "tokens_per_s", "time_generate", "time_score",
+                "time_train", "loss"):
+        assert key in rows[0], key
+    assert all(r["optimizer_steps"] == 2 for r in rows)  # mini_batches=2, one epoch
+
+
+def test_checkpoint_loads_with_plain_transformers(tmp_path):
+    from transformers import AutoModelForCausalLM
+    trainer = Trainer(tiny_config(tmp_path, **{"train.steps": 2}), progress=False)
+    trainer.train()
+    path = ckpt.latest_checkpoint(tmp_path / "checkpoints")
+    assert path.name == "step_000002"
+    loaded = AutoModelForCausalLM.from_pretrained(path)
+    for k, v in loaded.state_dict().items():
+        torch.testing.assert_close(v, trainer.model.state_dict()[k])
+
+
+def _deterministic(rows):
+    return [{k: r[k] for k in DETERMINISTIC if k in r} for r in rows]
+
+
+def test_resume_matches_uninterrupted_run(tmp_path):
+    full = Trainer(tiny_config(tmp_path / "full", **{"train.save_every": 2}), progress=False)
+    full.train()
+
+    part = tmp_path / "part"
+    Trainer(tiny_config(part, **{"train.save_every": 2, "train.steps": 2}),
+            progress=False).train()
+    resumed = Trainer(tiny_config(part, **{"train.save_every": 2}), progress=False)
+    resumed.train(resume=True)
+
+    a = _deterministic(read_metrics(tmp_path / "full" / "metrics.jsonl"))
+    b = _deterministic(read_metrics(part / "metrics.jsonl"))
+    assert len(a) == len(b) == 4
+    assert a == b
+    for k, v in full.model.state_dict().items():
+        torch.testing.assert_close(resumed.model.state_dict()[k], v, rtol=0, atol=0)
+
+
+def test_kill_while_writing_a_checkpoint_keeps_the_last_good_one(tmp_path, monkeypatch):
+    cfg = tiny_config(tmp_path, **{"train.save_every": 2})
+    trainer = Trainer(cfg, progress=False)
+    real_save = torch.save
+    calls = {"n": 0}
+
+    def dying_save(obj, f, *args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 2:  # second checkpoint: the model is written, the state is half-written
+            with open(f, "wb") as fh:
+                fh.write(b"partial")
+            raise KeyboardInterrupt("killed mid-checkpoint")
+        return real_save(obj, f, *args, **kwargs)
+
+    monkeypatch.setattr(ckpt.torch, "save", dying_save)
+    with pytest.raises(KeyboardInterrupt):
+        trainer.train()
+    monkeypatch.setattr(ckpt.torch, "save", real_save)
+
+    root = tmp_path / "checkpoints"
+    assert ckpt.latest_checkpoint(root).name == "step_000002"
+    assert not (root / "step_000004").exists()
+    assert (root / "latest").read_text().strip() == "step_000002"
+
+    resumed = Trainer(cfg, progress=False)
+    resumed.train(resume=True)
+    assert resumed.step == 4
+    assert ckpt.latest_checkpoint(root).name == "step_000004"
+    assert not list(root.glob(".tmp-*"))  # the crashed save's leftovers are cleaned
+    rows = read_metrics(tmp_path / "metrics.jsonl")
+    assert [r["step"] for r in rows] == [1, 2, 3, 4]
+
+
+def test_summary_reports_before_and_after(tmp_path):
+    cfg = tiny_config(tmp_path, **{"train.steps": 1, "train.eval_before_after": True})
+    Trainer(cfg, progress=False).train()
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    for tag in ("before", "after"):
+        assert set(summary[tag]) >= {"greedy_strict", "greedy_lenient", "boxed_rate"}
+    assert (tmp_path / "eval_before.jsonl").exists()
+
+
+@pytest.mark.parametrize("extra", [
+    {"algo.loss": "gspo", "algo.aggregation": "seq-mean-token-mean"},
+    {"algo.advantage": "rloo", "algo.aggregation": "seq-mean-token-sum-norm"},
+    {"algo.advantage": "dr_grpo", "algo.kl_beta": 0.1, "algo.kl_estimator": "k3"},
+    {"algo.kl_beta": 0.05, "algo.kl_in_reward": True, "algo.entropy_coef": 0.01},
+    {"algo.dynamic_sampling": True, "reward.overlong_buffer": 4, "reward.mask_truncated": True},
+    {"algo.old_logprobs": "recompute", "optim.epochs_per_rollout": 2},
+])
+def test_algorithm_variants_train(tmp_path, extra):
+    cfg = tiny_config(tmp_path, **{"train.steps": 2, **extra})
+    trainer = Trainer(cfg, progress=False)
+    trainer.train()
+    rows = read_metrics(tmp_path / "metrics.jsonl")
+    assert len(rows) == 2
+    for r in rows:
+        if not r.get("skipped"):
+            assert torch.isfinite(torch.tensor(r["loss"]))
+    if cfg.algo.kl_beta > 0 and not cfg.algo.kl_in_reward:
+        assert "kl_ref" in rows[0]
+    if cfg.algo.kl_beta == 0:
+        assert trainer.ref_model is None  # beta 0: no reference model is loaded at all
