@@ -74,3 +74,42 @@ def policy_logprobs(model, batch: RolloutBatch, temperature: float = 1.0,
     logp = token_logprobs(logits, batch.response_ids)
     entropy = entropy_from_logits(logits) if with_entropy else None
     return logp, entropy
+
+
+def response_logits_shared_prompt(model, batch: RolloutBatch,
+                                  temperature: float = 1.0) -> torch.Tensor:
+    """Same result as `response_logits`, computing each distinct prompt only once.
+
+    The G responses of a group share their prompt, so the prompt's forward pass (and its backward:
+    the gradient reaching its keys and values is summed over the rows that attend to it, which is
+    exactly what autograd does through the row-index below) is run once per distinct prompt, not
+    once per row. With short responses the prompt dominates the tokens, so this is most of the
+    training compute. Rows with equal `group_ids` must have equal prompts.
+    (B, P+T) -> (B, T, V).
+    """
+    groups, inverse = torch.unique(batch.group_ids, return_inverse=True)
+    first_row = torch.full((len(groups),), batch.size, dtype=torch.long, device=inverse.device)
+    first_row = first_row.scatter_reduce(0, inverse, torch.arange(batch.size, device=inverse.device),
+                                         reduce="amin")
+    prompt_ids, prompt_mask = batch.prompt_ids[first_row], batch.prompt_mask[first_row]
+    positions = (prompt_mask.cumsum(dim=1) - 1).clamp(min=0)
+    out = model(input_ids=prompt_ids, attention_mask=prompt_mask, position_ids=positions,
+                use_cache=True, logits_to_keep=1)
+    cache = out.past_key_values
+    cache.batch_select_indices(inverse)  # each row reads its prompt's keys/values
+    first_logits = out.logits[:, -1, :][inverse]  # predicts response token 0
+    T = batch.response_ids.shape[1]
+    if T > 1:
+        offsets = torch.arange(1, T + 1, device=positions.device)
+        response_positions = positions[:, -1:][inverse] + offsets
+        attention = torch.cat([prompt_mask[inverse],
+                               batch.response_mask.to(prompt_mask.dtype)], dim=1)
+        rest = model(input_ids=batch.response_ids, attention_mask=attention,
+                     position_ids=response_positions, past_key_values=cache,
+                     use_cache=True).logits[:, :-1, :]
+        logits = torch.cat([first_logits[:, None, :], rest], dim=1)
+    else:
+        logits = first_logits[:, None, :]
+    if temperature and temperature != 1.0:
+        logits = logits / temperature
+    return logits

@@ -29,7 +29,8 @@ from .algos import (ADVANTAGES, AGGREGATIONS, CREDITS, KL_ESTIMATORS, LOSSES, dy
 from .batch import RolloutBatch
 from .config import Config, save_config, validate_config
 from .evaluate import evaluate
-from .logprobs import entropy_from_logits, response_logits, token_logprobs, trim_padding
+from .logprobs import (entropy_from_logits, response_logits, response_logits_shared_prompt,
+                       token_logprobs, trim_padding)
 from .metrics import MetricsLogger
 from .models import load_model
 from .rewards import RewardScorer
@@ -83,6 +84,7 @@ class Trainer:
         self._credit = CREDITS.get(cfg.algo.credit)
         self._aggregate = AGGREGATIONS.get(cfg.algo.aggregation)
         self._kl = KL_ESTIMATORS.get(cfg.algo.kl_estimator)
+        self._logits = response_logits_shared_prompt if cfg.optim.share_prompt else response_logits
 
     # ------------------------------------------------------------------ rollout and scoring
     def _prompts(self, problems) -> list[str]:
@@ -159,7 +161,7 @@ class Trainer:
         for start in range(0, batch.size, mb):
             idx = torch.arange(start, min(start + mb, batch.size))
             view = trim_padding(batch.select(idx)).to(self.device)
-            logits = response_logits(model, view, self.cfg.rollout.temperature)
+            logits = self._logits(model, view, self.cfg.rollout.temperature)
             lp = token_logprobs(logits, view.response_ids).cpu()
             out[idx, : lp.shape[1]] = lp * view.response_mask.cpu()
         return out
@@ -188,6 +190,7 @@ class Trainer:
         if cfg.reward.mask_truncated:
             batch.token_weights = (~batch.truncated).float()[:, None].expand_as(
                 batch.response_mask).clone()
+        self.last_batch = batch  # kept for inspection and the benchmarks
         update_metrics = self._update(batch)
         self._timing["train"] += time.perf_counter() - t_train
         total = time.perf_counter() - t_start
@@ -246,7 +249,7 @@ class Trainer:
 
     def _micro_step(self, micro: RolloutBatch, on_policy: bool, totals: dict) -> dict:
         cfg = self.cfg
-        logits = response_logits(self.model, micro, cfg.rollout.temperature)
+        logits = self._logits(self.model, micro, cfg.rollout.temperature)
         logp = token_logprobs(logits, micro.response_ids)
         mask = micro.response_mask
         if cfg.algo.entropy_coef > 0:
