@@ -30,7 +30,7 @@ def main() -> None:
     out = tempfile.mkdtemp()
     cfg = load_config(None, [
         f"rollout.prompts_per_step={PROMPTS}", f"rollout.group_size={GROUP}",
-        f"rollout.max_new_tokens={NEW_TOKENS}", "optim.micro_batch_size=32",
+        f"rollout.max_new_tokens={NEW_TOKENS}",
         "task.options={levels: [{ops: ['+'], digits: 2}]}", f"train.output_dir={out}",
         "train.tensorboard=false", "optim.lr=1e-6", *args.overrides])
     trainer = Trainer(cfg, progress=False)

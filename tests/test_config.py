@@ -79,3 +79,24 @@ def test_every_shipped_config_validates():
     assert configs, "no example configs found"
     for path in configs:
         load_config(path)
+
+
+def test_task_options_and_reward_names_are_checked_before_any_model_loads():
+    with pytest.raises(ConfigError, match=r"task.options.digit: .*Did you mean 'digits'"):
+        load_config(None, ["task.options={digit: 2}"])
+    with pytest.raises(ConfigError, match=r"task 'file'.*path"):
+        load_config(None, ["task.name=file", "task.options={}"])
+    with pytest.raises(ConfigError, match=r"reward.components\[0\].name: unknown reward function "
+                                          r"'maths'.*Did you mean 'math'"):
+        load_config(None, ["reward.components=[{name: maths}]"])
+
+
+def test_cli_reports_bad_input_without_a_traceback(tmp_path, capsys):
+    from pivotal.cli import main
+    assert main(["train", "optim.lrr=1"]) == 2
+    assert "unknown config key 'optim.lrr'" in capsys.readouterr().err
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"question": "1+1", "answer": "2"}\n{broken\n')
+    assert main(["eval", "--model", "tiny-random", "--data", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert "bad.jsonl line 2" in err and "Traceback" not in err

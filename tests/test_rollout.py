@@ -6,8 +6,7 @@ import pytest
 import torch
 
 from pivotal.evaluate import evaluate, pass_at_k
-from pivotal.logprobs import (policy_logprobs, response_logits, response_logits_shared_prompt,
-                              token_logprobs, trim_padding)
+from pivotal.logprobs import policy_logprobs, response_logits, token_logprobs, trim_padding
 from pivotal.rollout import SamplingParams, TransformersEngine, filter_logits
 from pivotal.tasks import Problem
 
@@ -92,26 +91,42 @@ def test_filter_logits_top_k_and_top_p():
     assert torch.isfinite(filter_logits(logits, top_p=0.01)[0, 0])  # always keeps the top token
 
 
-def test_shared_prompt_path_gives_the_same_logits_and_gradients(tiny):
+@pytest.mark.parametrize("share_prompt", [False, True])
+def test_logprob_paths_agree_in_values_and_gradients(tiny, share_prompt):
+    """Full logits over every position vs the fast paths (shared prompt, LM head on real tokens)."""
     model, tok = tiny
     engine = TransformersEngine(model, tok)
     batch, _ = engine.generate(PROMPTS, 3, SamplingParams(max_new_tokens=6), seed=0)
     batch = trim_padding(batch.select(torch.randperm(batch.size, generator=torch.Generator()
                                                      .manual_seed(0))))
+    mask = batch.response_mask
 
-    def run(fn):
+    def grads():
+        out = {k: p.grad.clone() for k, p in model.named_parameters()}
         model.zero_grad()
-        logits = fn(model, batch, 0.7)
-        lp = token_logprobs(logits, batch.response_ids)
-        (lp * batch.response_mask).sum().backward()
-        return lp.detach(), {k: p.grad.clone() for k, p in model.named_parameters()}
+        return out
 
-    a, grads_a = run(response_logits)
-    b, grads_b = run(response_logits_shared_prompt)
     model.zero_grad()
-    assert ((a - b).abs() * batch.response_mask).max() < 1e-4
-    for k in grads_a:
-        torch.testing.assert_close(grads_b[k], grads_a[k], atol=1e-4, rtol=1e-3)
+    # reference: the plain causal-LM forward over the whole sequence, logits at every position
+    attention = batch.attention_mask
+    logits = model(input_ids=batch.input_ids, attention_mask=attention,
+                   position_ids=(attention.cumsum(1) - 1).clamp(min=0)).logits
+    T = batch.response_ids.shape[1]
+    ref = token_logprobs(logits[:, -(T + 1):-1] / 0.7, batch.response_ids) * mask
+    ref.sum().backward()
+    ref_grads = grads()
+
+    lp, entropy = policy_logprobs(model, batch, 0.7, with_entropy=True, share_prompt=share_prompt)
+    lp.sum().backward()
+    fast_grads = grads()
+    assert ((lp - ref.detach()).abs()).max() < 1e-4
+    assert torch.all(lp[mask == 0] == 0) and torch.all(entropy[mask == 0] == 0)
+    for k in ref_grads:
+        torch.testing.assert_close(fast_grads[k], ref_grads[k], atol=1e-4, rtol=1e-3)
+    with torch.no_grad():
+        full = response_logits(model, batch, 0.7, share_prompt=share_prompt)
+    torch.testing.assert_close(token_logprobs(full, batch.response_ids) * mask, ref.detach(),
+                               atol=1e-4, rtol=1e-4)
 
 
 def test_pass_at_k_hand_values():
@@ -138,3 +153,15 @@ def test_evaluate_reports_every_metric(tiny):
     assert {r["kind"] for r in records} == {"greedy", "sample"}
     with pytest.raises(ValueError, match="empty"):
         evaluate(model, tok, [], progress=False)
+
+
+def test_logprobs_and_entropy_hand_values():
+    from pivotal.logprobs import entropy_from_logits, logprobs_and_entropy
+    uniform = torch.zeros(2, 4)  # H = log 4, every token log-prob = -log 4
+    lp, ent = logprobs_and_entropy(uniform, torch.tensor([0, 3]))
+    torch.testing.assert_close(lp, torch.full((2,), -math.log(4)))
+    torch.testing.assert_close(ent, torch.full((2,), math.log(4)))
+    peaked = torch.tensor([[0.0, -1e4, -1e4]])  # all mass on one token: H = 0
+    assert entropy_from_logits(peaked).abs().item() < 1e-6
+    probs = torch.tensor([0.5, 0.25, 0.25])  # H = 1.5 log 2
+    torch.testing.assert_close(entropy_from_logits(probs.log()), torch.tensor(1.5 * math.log(2)))

@@ -4,6 +4,7 @@
     pivotal train configs/gsm8k.yaml optim.lr=2e-6  # a config file plus dotted overrides
     pivotal train configs/demo.yaml --resume        # continue from the last good checkpoint
     pivotal eval --model runs/demo/checkpoints/step_000020 --data ../shared/data/svamp_test.jsonl
+    pivotal plot runs/demo                          # training curves as runs/demo/curves.png
     pivotal config --keys                           # every key, its default and help text
 """
 
@@ -16,6 +17,8 @@ import sys
 from pathlib import Path
 
 from .config import ConfigError, describe_keys, load_config
+from .models import ModelLoadError
+from .registry import UnknownNameError
 
 
 def _split_args(items: list[str]) -> tuple[str | None, list[str]]:
@@ -79,6 +82,12 @@ def cmd_eval(args) -> int:
     return 0
 
 
+def cmd_plot(args) -> int:
+    from .plots import plot_run
+    print(plot_run(args.run_dir, args.out))
+    return 0
+
+
 def cmd_config(args) -> int:
     if args.keys:
         print(describe_keys())
@@ -92,6 +101,7 @@ def cmd_config(args) -> int:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="pivotal", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--debug", action="store_true", help="show full tracebacks")
     sub = p.add_subparsers(dest="command", required=True)
 
     t = sub.add_parser("train", help="train with RLVR (no arguments: the built-in demo)")
@@ -112,6 +122,11 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--out", default="runs/eval", help="output directory")
     e.set_defaults(fn=cmd_eval)
 
+    pl = sub.add_parser("plot", help="training curves of a run as a PNG")
+    pl.add_argument("run_dir", help="a training output directory (with metrics.jsonl)")
+    pl.add_argument("--out", help="PNG path (default <run_dir>/curves.png)")
+    pl.set_defaults(fn=cmd_plot)
+
     c = sub.add_parser("config", help="print the resolved config, or every key with --keys")
     c.add_argument("items", nargs="*")
     c.add_argument("--keys", action="store_true")
@@ -128,6 +143,12 @@ def main(argv: list[str] | None = None) -> int:
         return args.fn(args)
     except ConfigError as e:
         print(f"pivotal: config error: {e}", file=sys.stderr)
+        return 2
+    except (ModelLoadError, UnknownNameError, FileNotFoundError, ValueError, ImportError) as e:
+        # bad input (a file, a row, a name): the message says which; --debug shows the traceback
+        if args.debug:
+            raise
+        print(f"pivotal: error: {e}", file=sys.stderr)
         return 2
 
 

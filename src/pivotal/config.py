@@ -301,6 +301,16 @@ def validate_config(cfg: Config) -> None:
             raise ConfigError(f"{path}: {e}") from None
         if options:
             check_options(fn, options, f"{path}={name}")
+    task_params = inspect.signature(TASKS.get(cfg.task.name)).parameters
+    for key in cfg.task.options:
+        if key not in task_params:
+            raise ConfigError(f"task.options.{key}: task '{cfg.task.name}' has no option '{key}'."
+                              f"{_nearest(key, task_params)} Valid options: "
+                              f"{', '.join(task_params)}")
+    try:
+        inspect.signature(TASKS.get(cfg.task.name)).bind(**cfg.task.options)
+    except TypeError as e:  # e.g. the file task without its path
+        raise ConfigError(f"task.options for task '{cfg.task.name}': {e}") from None
     if cfg.model.dtype not in DTYPES:
         raise ConfigError(f"model.dtype '{cfg.model.dtype}' is not one of {', '.join(DTYPES)}")
     if cfg.rollout.engine not in ("transformers",):
@@ -328,9 +338,15 @@ def validate_config(cfg: Config) -> None:
         raise ConfigError("reward.overlong_buffer must be smaller than rollout.max_new_tokens")
     if not cfg.reward.components:
         raise ConfigError("reward.components is empty: give at least one reward function")
+    from .rewards import REWARDS
     for i, comp in enumerate(cfg.reward.components):
         if not isinstance(comp, dict) or "name" not in comp:
             raise ConfigError(f"reward.components[{i}] must be a mapping with a 'name'")
+        name = comp["name"]
+        if name != "task" and ":" not in name and name not in REWARDS:
+            raise ConfigError(f"reward.components[{i}].name: unknown reward function '{name}'."
+                              f"{_nearest(name, REWARDS.names() + ['task'])} Known: task, "
+                              f"{', '.join(REWARDS.names())}, or 'package.module:function'")
         unknown = set(comp) - {"name", "weight", "options", "label"}
         if unknown:
             raise ConfigError(f"reward.components[{i}] has unknown key(s) {sorted(unknown)}; "

@@ -1,8 +1,8 @@
 """Per-token log-probabilities and entropies of a causal LM on (prompt, response) pairs.
 
-The policy's logits are computed only at response positions (the `logits_to_keep` slice), so the
-prompt never costs a (P, V) logits tensor, and padding columns shared by every row are trimmed
-before the forward pass.
+Where the work goes, and what we skip: logits exist only for real response tokens (never for the
+prompt or padding), each distinct prompt is run once per micro-batch (`share_prompt`), and padding
+columns that every row shares are trimmed before the forward pass (`trim_padding`).
 """
 
 from __future__ import annotations
@@ -15,19 +15,42 @@ from .batch import RolloutBatch
 def token_logprobs(logits: torch.Tensor, token_ids: torch.Tensor) -> torch.Tensor:
     """log softmax(logits)[token] without materialising the full log-softmax.
 
-    logits: (B, T, V) float; token_ids: (B, T) long -> (B, T) float32.
+    logits: (..., V) float; token_ids: (...) long -> (...) float32.
     """
-    logits = logits.float()
-    picked = torch.gather(logits, -1, token_ids.unsqueeze(-1)).squeeze(-1)
-    return picked - torch.logsumexp(logits, dim=-1)
+    return logprobs_and_entropy(logits, token_ids, with_entropy=False)[0]
 
 
 def entropy_from_logits(logits: torch.Tensor) -> torch.Tensor:
-    """Shannon entropy of softmax(logits) per position: (B, T, V) -> (B, T)."""
+    """Shannon entropy of softmax(logits) per position: (..., V) -> (...)."""
     logits = logits.float()
-    log_z = torch.logsumexp(logits, dim=-1, keepdim=True)
-    probs = torch.exp(logits - log_z)
-    return (log_z.squeeze(-1) - (probs * logits).sum(-1))
+    log_z = torch.logsumexp(logits, dim=-1)
+    return _entropy(logits, log_z)
+
+
+def _entropy(logits: torch.Tensor, log_z: torch.Tensor) -> torch.Tensor:
+    """H = log Z - sum_v p_v * logit_v, with p = exp(logit - log Z)."""
+    probs = torch.exp(logits - log_z.unsqueeze(-1))
+    return log_z - torch.linalg.vecdot(probs, logits)
+
+
+def logprobs_and_entropy(logits: torch.Tensor, token_ids: torch.Tensor, with_entropy: bool = True,
+                         entropy_grad: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Chosen-token log-probs and (optionally) entropies, sharing one log-normaliser pass.
+
+    logits: (..., V); token_ids: (...). The entropy carries a gradient only with `entropy_grad`
+    (an entropy bonus); as a metric it is computed without building a graph over (..., V).
+    """
+    logits = logits.float()
+    log_z = torch.logsumexp(logits, dim=-1)
+    picked = torch.gather(logits, -1, token_ids.unsqueeze(-1)).squeeze(-1)
+    entropy = None
+    if with_entropy:
+        if entropy_grad:
+            entropy = _entropy(logits, log_z)
+        else:
+            with torch.no_grad():
+                entropy = _entropy(logits.detach(), log_z.detach())
+    return picked - log_z, entropy
 
 
 def trim_padding(batch: RolloutBatch) -> RolloutBatch:
@@ -49,67 +72,95 @@ def trim_padding(batch: RolloutBatch) -> RolloutBatch:
     return view
 
 
-def response_logits(model, batch: RolloutBatch, temperature: float = 1.0) -> torch.Tensor:
-    """Logits that predict each response token: (B, T, V), divided by the sampling temperature."""
-    input_ids = batch.input_ids
-    attention_mask = batch.attention_mask
-    position_ids = (attention_mask.cumsum(dim=1) - 1).clamp(min=0)
+# Model families whose logits are exactly lm_head(final hidden state): for these the LM head runs
+# only on real response tokens. Others (logit soft-capping, logit scaling) take the full path.
+_PLAIN_HEAD_MODELS = {"llama", "mistral", "qwen2", "qwen3", "smollm3", "olmo2"}
+
+
+def _plain_head(model) -> bool:
+    return getattr(model.config, "model_type", None) in _PLAIN_HEAD_MODELS
+
+
+def _causal_lm_call(model, want_hidden: bool, **inputs):
+    """(hidden states or logits of the last positions, cache) from one forward pass."""
+    if want_hidden:
+        out = getattr(model, model.base_model_prefix)(**inputs)
+        return out.last_hidden_state, out.past_key_values
+    out = model(**inputs)
+    return out.logits, out.past_key_values
+
+
+def _response_states(model, batch: RolloutBatch, share_prompt: bool,
+                     want_hidden: bool) -> torch.Tensor:
+    """(B, T, H) hidden states (or (B, T, V) logits) at the positions predicting each response token.
+
+    share_prompt: run each distinct prompt (rows with equal `group_ids`) once and let its rows read
+    its keys/values. The gradient reaching the prompt is summed over those rows by autograd
+    through the row index, so values and gradients equal the plain path's; with short responses
+    the prompt dominates the tokens, so this removes most of the training compute.
+    """
     T = batch.response_ids.shape[1]
-    out = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                logits_to_keep=T + 1, use_cache=False)
-    logits = out.logits[:, :-1, :]  # position P-1+t predicts response token t
-    if temperature and temperature != 1.0:
-        logits = logits / temperature
-    return logits
+    if not share_prompt:
+        attention = batch.attention_mask
+        positions = (attention.cumsum(dim=1) - 1).clamp(min=0)
+        states, _ = _causal_lm_call(model, want_hidden, input_ids=batch.input_ids,
+                                    attention_mask=attention, position_ids=positions,
+                                    use_cache=False, **({} if want_hidden else
+                                                        {"logits_to_keep": T + 1}))
+        return states[:, -(T + 1):-1, :]  # position P-1+t predicts response token t
+
+    groups, inverse = torch.unique(batch.group_ids, return_inverse=True)
+    rows = torch.arange(batch.size, device=inverse.device)
+    first_row = torch.full((len(groups),), batch.size, dtype=torch.long, device=inverse.device)
+    first_row = first_row.scatter_reduce(0, inverse, rows, reduce="amin")
+    prompt_ids, prompt_mask = batch.prompt_ids[first_row], batch.prompt_mask[first_row]
+    positions = (prompt_mask.cumsum(dim=1) - 1).clamp(min=0)
+    prompt_states, cache = _causal_lm_call(
+        model, want_hidden, input_ids=prompt_ids, attention_mask=prompt_mask,
+        position_ids=positions, use_cache=True, **({} if want_hidden else {"logits_to_keep": 1}))
+    first = prompt_states[:, -1:, :][inverse]  # predicts response token 0
+    if T == 1:
+        return first
+    cache.batch_select_indices(inverse)  # each row reads its prompt's keys/values
+    attention = torch.cat([prompt_mask[inverse], batch.response_mask.to(prompt_mask.dtype)], dim=1)
+    response_positions = positions[:, -1:][inverse] + torch.arange(1, T, device=positions.device)
+    rest, _ = _causal_lm_call(model, want_hidden, input_ids=batch.response_ids[:, :-1],
+                              attention_mask=attention[:, :-1], position_ids=response_positions,
+                              past_key_values=cache, use_cache=True)
+    return torch.cat([first, rest], dim=1)
+
+
+def response_logits(model, batch: RolloutBatch, temperature: float = 1.0,
+                    share_prompt: bool = False) -> torch.Tensor:
+    """Logits that predict each response token, divided by the temperature: (B, T, V)."""
+    if _plain_head(model):
+        logits = model.get_output_embeddings()(_response_states(model, batch, share_prompt, True))
+    else:
+        logits = _response_states(model, batch, share_prompt, False)
+    return logits / temperature if temperature and temperature != 1.0 else logits
 
 
 def policy_logprobs(model, batch: RolloutBatch, temperature: float = 1.0,
-                    with_entropy: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+                    with_entropy: bool = False, entropy_grad: bool = False,
+                    share_prompt: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
     """(log-probs (B, T), entropy (B, T) or None) of the batch's responses under `model`.
 
-    The batch should already be trimmed (see `trim_padding`); padding positions hold garbage that
-    the caller masks with `batch.response_mask`.
+    Only positions with `response_mask` = 1 are computed (0 elsewhere); for plain-head models the
+    (N, V) logits exist only for those N tokens, so right-padding costs no LM-head work and no
+    log-softmax memory. The entropy carries a gradient only with `entropy_grad` (an entropy bonus).
     """
-    logits = response_logits(model, batch, temperature)
-    logp = token_logprobs(logits, batch.response_ids)
-    entropy = entropy_from_logits(logits) if with_entropy else None
-    return logp, entropy
-
-
-def response_logits_shared_prompt(model, batch: RolloutBatch,
-                                  temperature: float = 1.0) -> torch.Tensor:
-    """Same result as `response_logits`, computing each distinct prompt only once.
-
-    The G responses of a group share their prompt, so the prompt's forward pass (and its backward:
-    the gradient reaching its keys and values is summed over the rows that attend to it, which is
-    exactly what autograd does through the row-index below) is run once per distinct prompt, not
-    once per row. With short responses the prompt dominates the tokens, so this is most of the
-    training compute. Rows with equal `group_ids` must have equal prompts.
-    (B, P+T) -> (B, T, V).
-    """
-    groups, inverse = torch.unique(batch.group_ids, return_inverse=True)
-    first_row = torch.full((len(groups),), batch.size, dtype=torch.long, device=inverse.device)
-    first_row = first_row.scatter_reduce(0, inverse, torch.arange(batch.size, device=inverse.device),
-                                         reduce="amin")
-    prompt_ids, prompt_mask = batch.prompt_ids[first_row], batch.prompt_mask[first_row]
-    positions = (prompt_mask.cumsum(dim=1) - 1).clamp(min=0)
-    out = model(input_ids=prompt_ids, attention_mask=prompt_mask, position_ids=positions,
-                use_cache=True, logits_to_keep=1)
-    cache = out.past_key_values
-    cache.batch_select_indices(inverse)  # each row reads its prompt's keys/values
-    first_logits = out.logits[:, -1, :][inverse]  # predicts response token 0
-    T = batch.response_ids.shape[1]
-    if T > 1:
-        offsets = torch.arange(1, T + 1, device=positions.device)
-        response_positions = positions[:, -1:][inverse] + offsets
-        attention = torch.cat([prompt_mask[inverse],
-                               batch.response_mask.to(prompt_mask.dtype)], dim=1)
-        rest = model(input_ids=batch.response_ids, attention_mask=attention,
-                     position_ids=response_positions, past_key_values=cache,
-                     use_cache=True).logits[:, :-1, :]
-        logits = torch.cat([first_logits[:, None, :], rest], dim=1)
+    mask = batch.response_mask.bool()
+    if _plain_head(model):
+        hidden = _response_states(model, batch, share_prompt, True)[mask]
+        logits = model.get_output_embeddings()(hidden)  # (N, V)
     else:
-        logits = first_logits[:, None, :]
+        logits = _response_states(model, batch, share_prompt, False)[mask]
     if temperature and temperature != 1.0:
         logits = logits / temperature
-    return logits
+    flat_logp, flat_entropy = logprobs_and_entropy(logits, batch.response_ids[mask], with_entropy,
+                                                   entropy_grad and torch.is_grad_enabled())
+    logp = flat_logp.new_zeros(mask.shape).masked_scatter(mask, flat_logp)
+    entropy = None
+    if flat_entropy is not None:
+        entropy = flat_entropy.new_zeros(mask.shape).masked_scatter(mask, flat_entropy)
+    return logp, entropy

@@ -29,10 +29,10 @@ from .algos import (ADVANTAGES, AGGREGATIONS, CREDITS, KL_ESTIMATORS, LOSSES, dy
 from .batch import RolloutBatch
 from .config import Config, save_config, validate_config
 from .evaluate import evaluate
-from .logprobs import (entropy_from_logits, response_logits, response_logits_shared_prompt,
-                       token_logprobs, trim_padding)
+from .logprobs import policy_logprobs, trim_padding
 from .metrics import MetricsLogger
 from .models import load_model
+from .plots import plot_run
 from .rewards import RewardScorer
 from .rollout import SamplingParams, TransformersEngine
 from .tasks import build_task, format_prompt
@@ -84,7 +84,6 @@ class Trainer:
         self._credit = CREDITS.get(cfg.algo.credit)
         self._aggregate = AGGREGATIONS.get(cfg.algo.aggregation)
         self._kl = KL_ESTIMATORS.get(cfg.algo.kl_estimator)
-        self._logits = response_logits_shared_prompt if cfg.optim.share_prompt else response_logits
 
     # ------------------------------------------------------------------ rollout and scoring
     def _prompts(self, problems) -> list[str]:
@@ -161,9 +160,9 @@ class Trainer:
         for start in range(0, batch.size, mb):
             idx = torch.arange(start, min(start + mb, batch.size))
             view = trim_padding(batch.select(idx)).to(self.device)
-            logits = self._logits(model, view, self.cfg.rollout.temperature)
-            lp = token_logprobs(logits, view.response_ids).cpu()
-            out[idx, : lp.shape[1]] = lp * view.response_mask.cpu()
+            lp, _ = policy_logprobs(model, view, self.cfg.rollout.temperature,
+                                    share_prompt=self.cfg.optim.share_prompt)
+            out[idx, : lp.shape[1]] = lp.cpu()
         return out
 
     # ------------------------------------------------------------------ one step
@@ -217,8 +216,11 @@ class Trainer:
                 loss_mask = self._loss_mask(mini)
                 totals = {"total_tokens": max(loss_mask.sum().item(), 1.0),
                           "total_seqs": mini.size, "max_len": cfg.rollout.max_new_tokens}
-                for start in range(0, mini.size, cfg.optim.micro_batch_size):
-                    idx = torch.arange(start, min(start + cfg.optim.micro_batch_size, mini.size))
+                # Length-sorted micro-batches: each is padded only to its own longest response,
+                # and the loss is normalised by the mini-batch totals, so the gradient does not
+                # depend on how rows are grouped into micro-batches.
+                by_length = torch.argsort(mini.response_lengths, stable=True)
+                for idx in by_length.split(cfg.optim.micro_batch_size):
                     micro = trim_padding(mini.select(idx)).to(self.device)
                     m = self._micro_step(micro, on_policy, totals)
                     w = micro.response_mask.sum().item()
@@ -249,15 +251,10 @@ class Trainer:
 
     def _micro_step(self, micro: RolloutBatch, on_policy: bool, totals: dict) -> dict:
         cfg = self.cfg
-        logits = self._logits(self.model, micro, cfg.rollout.temperature)
-        logp = token_logprobs(logits, micro.response_ids)
+        logp, entropy = policy_logprobs(self.model, micro, cfg.rollout.temperature,
+                                        with_entropy=True, entropy_grad=cfg.algo.entropy_coef > 0,
+                                        share_prompt=cfg.optim.share_prompt)
         mask = micro.response_mask
-        if cfg.algo.entropy_coef > 0:
-            entropy = entropy_from_logits(logits)
-        else:
-            with torch.no_grad():
-                entropy = entropy_from_logits(logits.detach())
-        del logits
         old = logp.detach() if on_policy else micro.old_logprobs
         multiplier = self._credit(micro, logp.detach(), **cfg.algo.credit_options)
         advantages = micro.advantages * multiplier
@@ -363,6 +360,10 @@ class Trainer:
         final = ckpt.latest_checkpoint(self.ckpt_dir)
         summary = {"steps": self.step, "final_checkpoint": str(final), **self.history}
         (self.out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+        try:
+            say(f"training curves: {plot_run(self.out_dir)}")
+        except ImportError:
+            log.warning("matplotlib is not installed; no curves.png")
         if "before" in self.history and "after" in self.history:
             say(_fmt_before_after(self.history["before"], self.history["after"],
                                   len(self.eval_problems)))
