@@ -416,8 +416,8 @@ def test_unknown_name_suggests(registry, typo, right):
 
 def test_registry_contents():
     assert ADVANTAGES.names() == ["dr_grpo", "grpo", "reinforce_pp_baseline", "rloo"]
-    assert LOSSES.names() == ["gspo", "ppo_clip", "vanilla_pg"]
+    assert LOSSES.names() == ["gspo", "gspo_nsr", "ppo_clip", "ppo_clip_nsr", "vanilla_pg"]
     assert AGGREGATIONS.names() == ["seq-mean-token-mean", "seq-mean-token-sum",
                                     "seq-mean-token-sum-norm", "token-mean"]
     assert KL_ESTIMATORS.names() == ["k1", "k2", "k3"]
-    assert "identity" in CREDITS
+    assert CREDITS.names() == ["dlogp", "fipo", "identity", "owpo"]

@@ -131,6 +131,9 @@ def test_summary_reports_before_and_after(tmp_path):
     {"algo.kl_beta": 0.05, "algo.kl_in_reward": True, "algo.entropy_coef": 0.01},
     {"algo.dynamic_sampling": True, "reward.overlong_buffer": 4, "reward.mask_truncated": True},
     {"algo.old_logprobs": "recompute", "optim.epochs_per_rollout": 2},
+    {"algo.credit": "fipo", "optim.mini_batches": 2, "algo.loss_options": "{dual_clip: 10.0}"},
+    {"algo.credit": "owpo"},  # needs reference log-probs: loaded although kl_beta is 0
+    {"algo.credit": "dlogp", "algo.loss": "ppo_clip_nsr"},
 ])
 def test_algorithm_variants_train(tmp_path, extra):
     cfg = tiny_config(tmp_path, **{"train.steps": 2, **extra})
@@ -143,5 +146,9 @@ def test_algorithm_variants_train(tmp_path, extra):
             assert torch.isfinite(torch.tensor(r["loss"]))
     if cfg.algo.kl_beta > 0 and not cfg.algo.kl_in_reward:
         assert "kl_ref" in rows[0]
-    if cfg.algo.kl_beta == 0:
+    if cfg.algo.kl_beta == 0 and cfg.algo.credit != "owpo":
         assert trainer.ref_model is None  # beta 0: no reference model is loaded at all
+    if cfg.algo.credit == "owpo":
+        assert trainer.ref_model is not None and "kl_ref" in rows[0]  # logged, not in the loss
+    if cfg.algo.credit == "fipo":  # first mini-batch is on-policy (f == 1), the second is not
+        assert all(r["credit_mean"] >= 1.0 for r in rows if not r.get("skipped"))

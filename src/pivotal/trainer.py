@@ -64,9 +64,12 @@ class Trainer:
         self.device = next(self.model.parameters()).device
         if cfg.model.gradient_checkpointing:
             self.model.gradient_checkpointing_enable()
-        # beta = 0 means no reference model is ever loaded (saves its memory and forward passes)
+        # beta = 0 loads no reference model (saves its memory and forward passes), unless the
+        # credit method reads reference log-probs (e.g. OWPO); it is the initial policy, frozen
         self.ref_model = None
-        if cfg.algo.kl_beta > 0:
+        self._credit = CREDITS.get(cfg.algo.credit)
+        needs_reference = "ref_logprobs" in getattr(self._credit, "needs", ())
+        if cfg.algo.kl_beta > 0 or needs_reference:
             self.ref_model = copy.deepcopy(self.model).eval().requires_grad_(False)
         self.engine = TransformersEngine(self.model, self.tokenizer)
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=cfg.optim.lr,
@@ -81,7 +84,6 @@ class Trainer:
         self.eval_problems = self.task.eval_problems()[: cfg.eval.size]
         self._advantage = ADVANTAGES.get(cfg.algo.advantage)
         self._loss = LOSSES.get(cfg.algo.loss)
-        self._credit = CREDITS.get(cfg.algo.credit)
         self._aggregate = AGGREGATIONS.get(cfg.algo.aggregation)
         self._kl = KL_ESTIMATORS.get(cfg.algo.kl_estimator)
 
@@ -255,7 +257,9 @@ class Trainer:
                                         with_entropy=True, entropy_grad=cfg.algo.entropy_coef > 0,
                                         share_prompt=cfg.optim.share_prompt)
         mask = micro.response_mask
-        old = logp.detach() if on_policy else micro.old_logprobs
+        if on_policy:  # pi_theta is pi_old here: use the exact values, so ratios are exactly 1
+            micro.old_logprobs = logp.detach()
+        old = micro.old_logprobs
         multiplier = self._credit(micro, logp.detach(), **cfg.algo.credit_options)
         advantages = micro.advantages * multiplier
         out = self._loss(logp, old, advantages, mask, **cfg.algo.loss_options)
@@ -266,7 +270,7 @@ class Trainer:
         if micro.ref_logprobs is not None:
             kl = self._kl(logp, micro.ref_logprobs) * mask
             metrics["kl_ref"] = (kl.detach().sum() / mask.sum().clamp(min=1)).item()
-            if not cfg.algo.kl_in_reward:
+            if cfg.algo.kl_beta > 0 and not cfg.algo.kl_in_reward:
                 per_token = per_token + cfg.algo.kl_beta * kl
         if cfg.algo.entropy_coef > 0:
             per_token = per_token - cfg.algo.entropy_coef * entropy * mask

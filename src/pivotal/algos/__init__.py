@@ -10,6 +10,9 @@ from pivotal.algos.kl import KL_ESTIMATORS, kl_per_token, kl_reward_penalty, reg
 from pivotal.algos.losses import LOSSES, LossOutput, masked_mean, register_loss
 from pivotal.algos.shaping import dynamic_sampling_mask, overlong_penalty, truncation_mask
 
+# Token-level methods register themselves on import (credit functions and NSR losses).
+from pivotal.algos import nsr, token_credit  # noqa: E402,F401  (import order: after the registries)
+
 __all__ = [
     "ADVANTAGES", "register_advantage", "group_stats",
     "AGGREGATIONS", "register_aggregation", "aggregate_loss",

@@ -1,0 +1,227 @@
+"""Token-level credit assignment: the seed methods, registered in the credit registry.
+
+Each entry is a credit function (see `pivotal.algos.credit`)
+
+    fn(batch: RolloutBatch, logprobs (B, T) | None, **options) -> multiplier (B, T)
+
+and the trainer trains on A' = A * multiplier. Every multiplier is computed without gradient and is
+exactly 1 on padding (response_mask == 0). Options are keyword-only, defaults are the authors'.
+
+Methods (the formulas are those of /work/shared/METHODS.md, which says how sure we are of each):
+
+- "fipo": FIPO, Future-KL Influenced Policy Optimization, https://arxiv.org/abs/2603.19835
+  [paper/code]. Weights each token by exp of the discounted sum of the signed log-ratio
+  log pi_theta - log pi_old over its future, clamped. Acts only once pi_theta has moved away from
+  pi_old (several optimizer steps per rollout): on the first mini-batch after a rollout it is
+  exactly 1 everywhere and FIPO is DAPO.
+- "dlogp": Δlog p training-time reweighting, "On the Direction of RLVR Updates" [paper/code].
+  A_t * (1 + c * (1 - p_old(y_t))): low-probability tokens get more weight.
+- "owpo": OWPO, One-Way Policy Optimization, *as reconstructed from the abstract*
+  [reconstruction]. The verifier sets the sign of the update, the reference only its size: tokens
+  where the policy lags the reference in the direction the verifier wants are accelerated, the
+  others keep weight 1 (never pulled back toward the reference).
+
+What a method needs. Each function carries an attribute `needs`, a frozenset naming the inputs
+beyond the always-present batch fields (response_mask, old_logprobs, advantages) that it cannot
+run without, so the trainer or the config check can tell before any model loads:
+
+    "logprobs"      the current policy's log-probs on the micro-batch (the `logprobs` argument)
+    "ref_logprobs"  batch.ref_logprobs, i.e. a frozen reference model must be loaded
+
+Read it as `getattr(fn, "needs", frozenset())` (functions registered elsewhere, e.g. "identity",
+may not set it). Each function still raises a clear ValueError when called without what it needs.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import torch
+from torch import Tensor
+
+from pivotal.algos.credit import register_credit
+from pivotal.batch import RolloutBatch
+
+LOG_RATIO_CLAMP = 20.0
+FIPO_SAFETY_RANGE = (0.8, 1.0)   # f is clamped into this range on the safety branch (released code)
+_SCAN_CHUNK = 128                # block size of the reverse discounted cumsum
+
+
+def needs(*names: str) -> Callable[[Callable], Callable]:
+    """Decorator: record on fn.needs which optional inputs the credit function requires."""
+    known = {"logprobs", "ref_logprobs"}
+    unknown = set(names) - known
+    if unknown:
+        raise ValueError(f"unknown needs {sorted(unknown)}; known: {sorted(known)}")
+
+    def decorator(fn: Callable) -> Callable:
+        fn.needs = frozenset(names)
+        return fn
+
+    return decorator
+
+
+def _valid(batch: RolloutBatch) -> Tensor:
+    return batch.response_mask.bool()
+
+
+def _require_logprobs(name: str, logprobs: Tensor | None) -> Tensor:
+    if logprobs is None:
+        raise ValueError(f"credit '{name}' needs the current policy's log-probs (the `logprobs` "
+                         f"argument, (B, T)); the trainer passed None")
+    return logprobs.detach()
+
+
+def _require_advantages(name: str, batch: RolloutBatch) -> Tensor:
+    if batch.advantages is None:
+        raise ValueError(f"credit '{name}' needs batch.advantages (it uses their sign); run the "
+                         f"advantage estimator first")
+    return batch.advantages.detach()
+
+
+def reverse_discounted_cumsum(x: Tensor, gamma: float, chunk: int = _SCAN_CHUNK) -> Tensor:
+    """F_t = sum_{k >= t} gamma^(k-t) x_k along the last dim of x (B, T) -> (B, T).
+
+    Blocked scan: inside a block of C tokens one (C, C) matmul with the upper-triangular matrix of
+    discounts, across blocks a carry F_{end} * gamma^(end - t), walking the blocks from the end.
+    Memory O(B*T + C^2) and time O(B*T*C), never a (B, T, T) tensor. Computed in float64.
+    """
+    B, T = x.shape
+    xd = x.to(torch.float64)
+    out = torch.empty_like(xd)
+    if T == 0:
+        return out.to(x.dtype)
+    C = min(chunk, T)
+    idx = torch.arange(C, device=x.device, dtype=torch.float64)
+    diff = idx[:, None] - idx[None, :]                        # [k, t] -> k - t
+    weights = torch.where(diff >= 0, gamma ** diff.clamp(min=0), torch.zeros_like(diff))
+    carry = xd.new_zeros(B)                                   # F at the first token after the block
+    for start in reversed(range(0, T, C)):
+        end = min(start + C, T)
+        n = end - start
+        local = xd[:, start:end] @ weights[:n, :n]            # sum over k in the block, k >= t
+        decay = gamma ** (n - idx[:n])                        # gamma^(end - t)
+        out[:, start:end] = local + carry[:, None] * decay
+        carry = out[:, start]
+    return out.to(x.dtype)
+
+
+@register_credit("fipo")
+@needs("logprobs")
+def fipo_credit(batch: RolloutBatch, logprobs: Tensor | None, *, tau: float = 32.0,
+                f_low: float = 0.0, f_high: float = 0.2, safety: float | None = 10.0,
+                dual_clip_c: float | None = 10.0,
+                drop_multi_dual_clipped: bool = False) -> Tensor:
+    """FIPO future-KL influence weight (https://arxiv.org/abs/2603.19835) [paper/code].
+
+        d     = clamp(lp - olp, -20, 20)                 lp `logprobs`, olp batch.old_logprobs
+        keep  = d <= log(dual_clip_c)                    IS filter: tokens past the dual-clip ratio
+        x     = d * m * keep                             are left out of the sum
+        gamma = 2 ** (-1 / tau)                          tau = half-life in tokens
+        F_t   = sum_{k >= t} gamma^(k-t) x_k             reverse discounted cumsum, includes k = t
+        f     = clamp(exp(F), 1 - f_low, 1 + f_high)
+        f     = clamp(f, 0.8, 1.0) where A < 0 and r = exp(d) > safety
+
+    Defaults are the 32B recipe: tau 32, f in [1.0, 1.2], safety 10, dual_clip_c 10 (use the same c
+    as the loss's dual_clip). 7B recipe: f_low=0.2, safety=3.0. Pair with ppo_clip, clip 0.2/0.28,
+    dual_clip = dual_clip_c, token-mean aggregation. safety=None turns the safety clamp off;
+    dual_clip_c=None turns the IS filter off (every token enters the sum).
+
+    drop_multi_dual_clipped: the released code drops from the loss every sequence with more than one
+    dual-clipped negative token (A < 0 and r > dual_clip_c). Here that sequence's multiplier is
+    set to 0, which zeroes its advantages and so its gradient; its tokens still count in the
+    aggregation's denominator (a credit multiplier cannot change the loss mask).
+
+    Returns f (B, T) with no gradient, 1 on padding. Needs `logprobs` and batch.advantages.
+    """
+    lp = _require_logprobs("fipo", logprobs)
+    adv = _require_advantages("fipo", batch)
+    if tau <= 0:
+        raise ValueError(f"fipo: tau (half-life in tokens) must be > 0, got {tau}")
+    if not 0.0 <= f_low <= 1.0 or f_high < 0.0:
+        raise ValueError(f"fipo: need 0 <= f_low <= 1 and f_high >= 0, got {f_low}, {f_high}")
+    if dual_clip_c is not None and dual_clip_c <= 0:
+        raise ValueError(f"fipo: dual_clip_c must be > 0, got {dual_clip_c}")
+    if drop_multi_dual_clipped and dual_clip_c is None:
+        raise ValueError("fipo: drop_multi_dual_clipped needs dual_clip_c")
+
+    with torch.no_grad():
+        valid = _valid(batch)
+        # where() rather than * mask: garbage (inf/nan) log-probs on padding must not leak through
+        d = torch.where(valid, lp - batch.old_logprobs.to(lp.dtype), torch.zeros_like(lp))
+        d = d.clamp(-LOG_RATIO_CLAMP, LOG_RATIO_CLAMP)
+        x = d
+        if dual_clip_c is not None:
+            x = torch.where(d <= math.log(dual_clip_c), d, torch.zeros_like(d))
+        gamma = 2.0 ** (-1.0 / tau)
+        future = reverse_discounted_cumsum(x, gamma)
+        # exp may overflow to inf (F > ~88 in float32); clamp maps inf to 1 + f_high, never nan
+        f = torch.exp(future).clamp(1.0 - f_low, 1.0 + f_high)
+        neg = adv < 0
+        if safety is not None:
+            lo, hi = FIPO_SAFETY_RANGE
+            f = torch.where(neg & (torch.exp(d) > safety), f.clamp(lo, hi), f)
+        if drop_multi_dual_clipped:
+            dual_clipped = valid & neg & (torch.exp(d) > dual_clip_c)
+            drop = dual_clipped.sum(dim=1, keepdim=True) > 1
+            f = torch.where(drop, torch.zeros_like(f), f)
+        return torch.where(valid, f, torch.ones_like(f))
+
+
+@register_credit("dlogp")
+@needs()
+def dlogp_credit(batch: RolloutBatch, logprobs: Tensor | None, *, c: float = 0.1) -> Tensor:
+    """Δlog p training-time reweighting ("On the Direction of RLVR Updates") [paper/code].
+
+        multiplier = 1 + c * (1 - exp(olp))            olp = batch.old_logprobs
+
+    A token the sampling policy found unlikely gets up to 1 + c, a certain one 1. Paper range
+    c = 0.1-0.2. 1 on padding; `logprobs` is not used.
+    """
+    with torch.no_grad():
+        valid = _valid(batch)
+        olp = batch.old_logprobs.detach()
+        w = 1.0 + c * (1.0 - torch.exp(olp))
+        return torch.where(valid, w, torch.ones_like(w))
+
+
+@register_credit("owpo")
+@needs("logprobs", "ref_logprobs")
+def owpo_credit(batch: RolloutBatch, logprobs: Tensor | None, *, lam: float = 1.0,
+                cap: float | None = 1.0) -> Tensor:
+    """OWPO, One-Way Policy Optimization, as reconstructed from the abstract [reconstruction].
+
+        delta = rlp - lp                               rlp batch.ref_logprobs, lp current log-probs
+        g     = sign(A) * delta
+        multiplier = 1 + lam * min(relu(g), cap)   where g > 0   (policy lags the reference in the
+                   = 1                             elsewhere      direction the verifier wants)
+
+    The reference only scales the step, never sets its direction, and a token already ahead of
+    the reference keeps weight 1 (gain locking). cap=None leaves the boost unbounded. A = 0 gives 1.
+
+    Not implemented here: the ratchet (replace the reference with the current policy every K steps
+    or when held-out accuracy improves) is a trainer feature. Note also that the trainer loads a
+    reference model only when algo.kl_beta > 0, and that KL term pulls toward the reference, which
+    is what OWPO's gain locking is meant to avoid; keep kl_beta small.
+
+    Returns (B, T) with no gradient, 1 on padding. Needs `logprobs`, batch.ref_logprobs and
+    batch.advantages.
+    """
+    if batch.ref_logprobs is None:
+        raise ValueError("credit 'owpo' needs batch.ref_logprobs, the log-probs of a frozen "
+                         "reference model; the trainer loads one only when algo.kl_beta > 0")
+    lp = _require_logprobs("owpo", logprobs)
+    adv = _require_advantages("owpo", batch)
+    if cap is not None and cap < 0:
+        raise ValueError(f"owpo: cap must be >= 0 or None, got {cap}")
+    with torch.no_grad():
+        valid = _valid(batch)
+        delta = torch.where(valid, batch.ref_logprobs.detach().to(lp.dtype) - lp,
+                            torch.zeros_like(lp))
+        g = torch.sign(adv).to(lp.dtype) * delta
+        boost = torch.relu(g)
+        if cap is not None:
+            boost = boost.clamp(max=cap)
+        w = torch.where(g > 0, 1.0 + lam * boost, torch.ones_like(boost))
+        return torch.where(valid, w, torch.ones_like(w))
