@@ -276,7 +276,8 @@ class Trainer:
             per_token = per_token - cfg.algo.entropy_coef * entropy * mask
         loss = self._aggregate(per_token, self._loss_mask(micro), **totals)
         loss.backward()
-        metrics["loss"] = loss.item() * totals["total_tokens"] / max(mask.sum().item(), 1)
+        # per-token mean of the full objective on this micro-batch (comparable across aggregations)
+        metrics["loss"] = ((per_token.detach() * mask).sum() / mask.sum().clamp(min=1)).item()
         metrics["entropy"] = ((entropy.detach() * mask).sum() / mask.sum().clamp(min=1)).item()
         metrics["credit_mean"] = ((multiplier * mask).sum() / mask.sum().clamp(min=1)).item()
         return metrics

@@ -7,7 +7,7 @@ Each entry is a credit function (see `pivotal.algos.credit`)
 and the trainer trains on A' = A * multiplier. Every multiplier is computed without gradient and is
 exactly 1 on padding (response_mask == 0). Options are keyword-only, defaults are the authors'.
 
-Methods (the formulas are those of /work/shared/METHODS.md, which says how sure we are of each):
+Methods (the formulas are those of ../shared/METHODS.md, which says how sure we are of each):
 
 - "fipo": FIPO, Future-KL Influenced Policy Optimization, https://arxiv.org/abs/2603.19835
   [paper/code]. Weights each token by exp of the discounted sum of the signed log-ratio
