@@ -100,3 +100,18 @@ def test_cli_reports_bad_input_without_a_traceback(tmp_path, capsys):
     assert main(["eval", "--model", "tiny-random", "--data", str(bad)]) == 2
     err = capsys.readouterr().err
     assert "bad.jsonl line 2" in err and "Traceback" not in err
+
+
+def test_plugins_register_methods_before_validation(tmp_path, monkeypatch):
+    (tmp_path / "my_methods_for_test.py").write_text(
+        "from pivotal.algos import register_credit\n"
+        "@register_credit('late_tokens_test')\n"
+        "def late_tokens(batch, logprobs, *, c: float = 0.5):\n"
+        "    mask = batch.response_mask\n"
+        "    return 1.0 + c * (mask.cumsum(1) - 1) / mask.sum(1, keepdim=True).clamp(min=1)\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    cfg = load_config(None, ["train.plugins=[my_methods_for_test]", "algo.credit=late_tokens_test",
+                             "algo.credit_options.c=0.2"])
+    assert cfg.algo.credit == "late_tokens_test"
+    with pytest.raises(ConfigError, match="train.plugins: cannot import 'no_such_module_xyz'"):
+        load_config(None, ["train.plugins=[no_such_module_xyz]"])

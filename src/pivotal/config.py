@@ -128,6 +128,8 @@ class TrainConfig:
     keep_checkpoints: int = _f(2, "How many recent checkpoints to keep.")
     eval_every: int = _f(0, "Held-out greedy eval every N steps (0 = only before/after).")
     eval_before_after: bool = _f(True, "Greedy held-out accuracy before and after training.")
+    plugins: list = _f([], "Python modules imported before validation; they may register "
+                       "methods (@register_credit, @register_loss, ...) used by name here.")
     tensorboard: bool = _f(True, "Write TensorBoard event files.")
     wandb: bool = _f(False, "Log to Weights & Biases (needs `wandb` installed).")
 
@@ -256,6 +258,16 @@ def load_config(path: str | Path | None = None, overrides: list[str] = (),
     return cfg
 
 
+def import_plugins(modules: list[str]) -> None:
+    """Import user modules so their registrations exist before names are checked."""
+    import importlib
+    for name in modules:
+        try:
+            importlib.import_module(name)
+        except ImportError as e:
+            raise ConfigError(f"train.plugins: cannot import '{name}': {e}") from None
+
+
 def save_config(cfg: Config, path: str | Path) -> None:
     Path(path).write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
 
@@ -283,6 +295,7 @@ def _positive(value, path: str, allow_zero: bool = False) -> None:
 
 def validate_config(cfg: Config) -> None:
     """Everything checkable before a model loads. Raises ConfigError naming the key."""
+    import_plugins(cfg.train.plugins)  # user methods must be registered before names are checked
     from .algos import ADVANTAGES, AGGREGATIONS, CREDITS, KL_ESTIMATORS, LOSSES
     from .models import DTYPES
     from .registry import UnknownNameError
