@@ -152,3 +152,24 @@ def test_algorithm_variants_train(tmp_path, extra):
         assert trainer.ref_model is not None and "kl_ref" in rows[0]  # logged, not in the loss
     if cfg.algo.credit == "fipo":  # first mini-batch is on-policy (f == 1), the second is not
         assert all(r["credit_mean"] >= 1.0 for r in rows if not r.get("skipped"))
+
+
+def test_reference_ratchet_copies_in_place_and_survives_resume(tmp_path):
+    extra = {"algo.credit": "owpo", "algo.reference_ratchet_every": 1, "train.save_every": 1}
+    full = Trainer(tiny_config(tmp_path / "full", **{**extra, "train.steps": 3}), progress=False)
+    ref_storage = [p.data_ptr() for p in full.ref_model.parameters()]
+    full.train()
+    # the reference is the policy after the last step, and no new tensors were allocated for it
+    for ref, param in zip(full.ref_model.parameters(), full.model.parameters()):
+        assert torch.equal(ref, param)
+    assert [p.data_ptr() for p in full.ref_model.parameters()] == ref_storage
+    rows = read_metrics(tmp_path / "full" / "metrics.jsonl")
+    assert all(r["reference_ratchet"] == 1 for r in rows)
+
+    part = tmp_path / "part"
+    Trainer(tiny_config(part, **{**extra, "train.steps": 2}), progress=False).train()
+    resumed = Trainer(tiny_config(part, **{**extra, "train.steps": 3}), progress=False)
+    resumed.train(resume=True)
+    for k, v in full.ref_model.state_dict().items():
+        torch.testing.assert_close(resumed.ref_model.state_dict()[k], v, rtol=0, atol=0)
+    assert _deterministic(read_metrics(part / "metrics.jsonl")) == _deterministic(rows)

@@ -99,6 +99,10 @@ class AlgoConfig:
     entropy_coef: float = _f(0.0, "Entropy bonus coefficient (0 = off).")
     dynamic_sampling: bool = _f(False, "DAPO: drop groups whose rewards all agree and sample more.")
     max_sampling_rounds: int = _f(3, "DAPO dynamic sampling: cap on generation rounds per step.")
+    reference_ratchet_every: int = _f(0, "Replace the frozen reference with the current policy "
+                                      "every K steps (OWPO's ratchet; 0 = never).")
+    reference_ratchet_on_eval: bool = _f(False, "Replace the reference whenever held-out greedy "
+                                         "accuracy improves at an eval (needs train.eval_every).")
     old_logprobs: str = _f("rollout", "Source of log pi_old after the first update: 'rollout' "
                            "(the sampler's) or 'recompute' (one extra no-grad forward).")
 
@@ -339,9 +343,12 @@ def validate_config(cfg: Config) -> None:
         _positive(getattr(getattr(cfg, section), key), path)
     for path in ("rollout.temperature", "algo.kl_beta", "algo.entropy_coef",
                  "optim.weight_decay", "optim.max_grad_norm", "train.save_every",
-                 "train.eval_every", "reward.overlong_buffer", "optim.warmup_steps"):
+                 "train.eval_every", "reward.overlong_buffer", "optim.warmup_steps",
+                 "algo.reference_ratchet_every"):
         section, key = path.split(".")
         _positive(getattr(getattr(cfg, section), key), path, allow_zero=True)
+    if cfg.algo.reference_ratchet_on_eval and not cfg.train.eval_every:
+        raise ConfigError("algo.reference_ratchet_on_eval needs train.eval_every > 0")
     if not 0 < cfg.rollout.top_p <= 1:
         raise ConfigError(f"rollout.top_p must be in (0, 1], got {cfg.rollout.top_p}")
     if cfg.optim.mini_batches > cfg.rollout.prompts_per_step * cfg.rollout.group_size:

@@ -64,11 +64,15 @@ def trim_padding(batch: RolloutBatch) -> RolloutBatch:
     view = batch.select(torch.arange(batch.size))
     view.prompt_ids = view.prompt_ids[:, first:]
     view.prompt_mask = view.prompt_mask[:, first:]
+    width = batch.response_ids.shape[1]
     for name in ("response_ids", "response_mask", "old_logprobs", "advantages", "token_weights",
                  "ref_logprobs"):
         value = getattr(view, name)
         if value is not None:
             setattr(view, name, value[:, :resp_len])
+    for key, value in view.extras.items():  # per-token extras (B, T) follow the responses
+        if isinstance(value, torch.Tensor) and value.dim() == 2 and value.shape[1] == width:
+            view.extras[key] = value[:, :resp_len]
     return view
 
 

@@ -282,6 +282,19 @@ class Trainer:
         metrics["credit_mean"] = ((multiplier * mask).sum() / mask.sum().clamp(min=1)).item()
         return metrics
 
+    def ratchet_reference(self) -> int:
+        """Make the frozen reference the current policy (OWPO's ratchet). Returns 1 if done.
+
+        Copies weights in place, so no second model is allocated and nothing leaks across
+        ratchets. A no-op without a reference model.
+        """
+        if self.ref_model is None:
+            return 0
+        with torch.no_grad():
+            for ref_param, param in zip(self.ref_model.parameters(), self.model.parameters()):
+                ref_param.copy_(param)
+        return 1
+
     # ------------------------------------------------------------------ evaluation
     def evaluate(self, tag: str) -> dict:
         e = self.cfg.eval
@@ -297,10 +310,18 @@ class Trainer:
         return summary
 
     # ------------------------------------------------------------------ checkpoints
+    def _ratchets(self) -> bool:
+        return bool(self.cfg.algo.reference_ratchet_every or self.cfg.algo.reference_ratchet_on_eval)
+
     def _state(self) -> dict:
-        return {"step": self.step, "cursor": self.cursor, "optimizer": self.optimizer.state_dict(),
-                "scheduler": self.scheduler.state_dict(), "rng": ckpt.rng_state(),
-                "history": self.history, "config": self.cfg.to_dict()}
+        state = {"step": self.step, "cursor": self.cursor,
+                 "optimizer": self.optimizer.state_dict(),
+                 "scheduler": self.scheduler.state_dict(), "rng": ckpt.rng_state(),
+                 "history": self.history, "config": self.cfg.to_dict()}
+        if self.ref_model is not None and self._ratchets():  # the reference moved: keep it
+            state["reference"] = {k: v.detach().cpu() for k, v in
+                                  self.ref_model.state_dict().items()}
+        return state
 
     def save(self) -> Path:
         return ckpt.save_checkpoint(self.ckpt_dir, self.step, self.model, self.tokenizer,
@@ -318,6 +339,8 @@ class Trainer:
         # tied embeddings are saved once; anything else missing means a different model
         if unexpected or any("lm_head" not in k for k in missing):
             raise RuntimeError(f"checkpoint {path} does not match model '{self.cfg.model.name}'")
+        if "reference" in state and self.ref_model is not None:
+            self.ref_model.load_state_dict(state["reference"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         ckpt.set_rng_state(state["rng"])
@@ -349,6 +372,14 @@ class Trainer:
                         and self.step < cfg.train.steps:
                     ev = self.evaluate(f"step{self.step}")
                     metrics.update({f"eval_{k}": v for k, v in ev.items()})
+                    best = self.history.get("best_eval", -1.0)
+                    if ev["greedy_lenient"] > best:
+                        self.history["best_eval"] = ev["greedy_lenient"]
+                        if cfg.algo.reference_ratchet_on_eval:
+                            metrics["reference_ratchet"] = self.ratchet_reference()
+                if cfg.algo.reference_ratchet_every and \
+                        self.step % cfg.algo.reference_ratchet_every == 0:
+                    metrics["reference_ratchet"] = self.ratchet_reference()
                 logger.log(self.step, metrics)
                 say(_fmt_step(self.step, cfg.train.steps, metrics))
                 bar.update(1)
