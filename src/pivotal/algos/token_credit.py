@@ -20,6 +20,9 @@ Methods (the formulas are those of ../shared/METHODS.md, which says how sure we 
   [reconstruction]. The verifier sets the sign of the update, the reference only its size: tokens
   where the policy lags the reference in the direction the verifier wants are accelerated, the
   others keep weight 1 (never pulled back toward the reference).
+- "divergence": divergence-weighted advantage, "Sparse but Critical" [reconstruction].
+  A_t * (1 + alpha * D_t / normaliser), D_t the per-token divergence (JS by default) between the
+  policy and a frozen base model, read from batch.extras["divergence"] (see pivotal.divergence).
 
 What a method needs. Each function carries an attribute `needs`, a frozenset naming the inputs
 beyond the always-present batch fields (response_mask, old_logprobs, advantages) that it cannot
@@ -27,6 +30,8 @@ run without, so the trainer or the config check can tell before any model loads:
 
     "logprobs"      the current policy's log-probs on the micro-batch (the `logprobs` argument)
     "ref_logprobs"  batch.ref_logprobs, i.e. a frozen reference model must be loaded
+    "divergence"    batch.extras["divergence"], per-token divergences against a frozen base model
+                    (set directly on the function: the `needs` decorator only knows the two above)
 
 Read it as `getattr(fn, "needs", frozenset())` (functions registered elsewhere, e.g. "identity",
 may not set it). Each function still raises a clear ValueError when called without what it needs.
@@ -225,3 +230,67 @@ def owpo_credit(batch: RolloutBatch, logprobs: Tensor | None, *, lam: float = 1.
             boost = boost.clamp(max=cap)
         w = torch.where(g > 0, 1.0 + lam * boost, torch.ones_like(boost))
         return torch.where(valid, w, torch.ones_like(w))
+
+
+DIVERGENCE_KINDS = ("js", "kl_policy_base", "kl_base_policy")
+DIVERGENCE_NORMALISERS = ("mean", "max", "none")
+
+
+@register_credit("divergence")
+def divergence_credit(batch: RolloutBatch, logprobs: Tensor | None, *, alpha: float = 1.0,
+                      normaliser: str = "mean", eps: float = 1e-8, kind: str = "js") -> Tensor:
+    """Divergence-weighted advantage ("Sparse but Critical") [reconstruction].
+
+        D          = batch.extras["divergence"][:, :T]     per-token divergence vs a frozen base
+        multiplier = 1 + alpha * D / (norm + eps)           normaliser "mean": norm = mean of D
+                                                            over this batch's valid tokens;
+                                                            "max": their max
+                   = 1 + alpha * D                          normaliser "none"
+
+    Tokens where the policy's next-token distribution has moved furthest from the base model's
+    (the sparse "critical" positions) get the largest weight. D is stored by the trainer, (B, T')
+    with T' >= T allowed (only the first T columns are read). `kind` (one of DIVERGENCE_KINDS:
+    "js", "kl_policy_base", "kl_base_policy") is only validated here; the trainer reads it from the
+    options to decide which divergence of `pivotal.divergence.response_divergences` to store.
+    "mean"/"max" are taken over the batch this function is given (a mini-batch in training).
+
+    Returns (B, T) with no gradient, 1 on padding; `logprobs` is not used.
+    """
+    if kind not in DIVERGENCE_KINDS:
+        raise ValueError(f"divergence: kind must be one of {DIVERGENCE_KINDS}, got {kind!r}")
+    if normaliser not in DIVERGENCE_NORMALISERS:
+        raise ValueError(f"divergence: normaliser must be one of {DIVERGENCE_NORMALISERS}, "
+                         f"got {normaliser!r}")
+    if eps < 0:
+        raise ValueError(f"divergence: eps must be >= 0, got {eps}")
+    extras = batch.extras or {}
+    if "divergence" not in extras or extras["divergence"] is None:
+        raise ValueError("credit 'divergence' needs per-token divergences against a base model in "
+                         "batch.extras['divergence'] ((B, T) float); the trainer computes them "
+                         "(pivotal.divergence.response_divergences) when the credit is "
+                         "'divergence' and a frozen base model is loaded")
+    mask = batch.response_mask
+    B, T = mask.shape
+    D = torch.as_tensor(extras["divergence"])
+    if D.dim() != 2 or D.shape[0] != B or D.shape[1] < T:
+        raise ValueError(f"divergence: batch.extras['divergence'] must be (B, T') with B = {B} and "
+                         f"T' >= {T}, got {tuple(D.shape)}")
+    with torch.no_grad():
+        valid = _valid(batch)
+        dtype = D.dtype if D.is_floating_point() and D.dtype != torch.float16 else torch.float32
+        D = D[:, :T].detach().to(device=mask.device, dtype=dtype)
+        D = torch.where(valid, D, torch.zeros_like(D))  # garbage on padding must not leak
+        if not torch.isfinite(D).all():
+            raise ValueError("divergence: batch.extras['divergence'] has non-finite values on "
+                             "response tokens (an infinite KL?); use kind='js', which is bounded")
+        if normaliser == "none" or not valid.any():
+            scale = 1.0
+        else:
+            norm = D[valid].mean() if normaliser == "mean" else D[valid].max()
+            denom = float(norm) + eps
+            scale = 1.0 / denom if denom > 0 else 0.0  # all-zero D with eps = 0: weight 1
+        w = 1.0 + alpha * D * scale
+        return torch.where(valid, w, torch.ones_like(w))
+
+
+divergence_credit.needs = frozenset({"divergence"})
