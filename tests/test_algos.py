@@ -420,4 +420,4 @@ def test_registry_contents():
     assert AGGREGATIONS.names() == ["seq-mean-token-mean", "seq-mean-token-sum",
                                     "seq-mean-token-sum-norm", "token-mean"]
     assert KL_ESTIMATORS.names() == ["k1", "k2", "k3"]
-    assert CREDITS.names() == ["dlogp", "fipo", "identity", "owpo"]
+    assert CREDITS.names() == ["divergence", "dlogp", "fipo", "identity", "owpo"]

@@ -134,6 +134,8 @@ def test_summary_reports_before_and_after(tmp_path):
     {"algo.credit": "fipo", "optim.mini_batches": 2, "algo.loss_options": "{dual_clip: 10.0}"},
     {"algo.credit": "owpo"},  # needs reference log-probs: loaded although kl_beta is 0
     {"algo.credit": "dlogp", "algo.loss": "ppo_clip_nsr"},
+    {"algo.credit": "divergence", "algo.credit_options": "{alpha: 0.5, kind: kl_base_policy}",
+     "optim.mini_batches": 1, "optim.epochs_per_rollout": 2},
 ])
 def test_algorithm_variants_train(tmp_path, extra):
     cfg = tiny_config(tmp_path, **{"train.steps": 2, **extra})
@@ -146,8 +148,14 @@ def test_algorithm_variants_train(tmp_path, extra):
             assert torch.isfinite(torch.tensor(r["loss"]))
     if cfg.algo.kl_beta > 0 and not cfg.algo.kl_in_reward:
         assert "kl_ref" in rows[0]
-    if cfg.algo.kl_beta == 0 and cfg.algo.credit != "owpo":
+    if cfg.algo.kl_beta == 0 and cfg.algo.credit not in ("owpo", "divergence"):
         assert trainer.ref_model is None  # beta 0: no reference model is loaded at all
+    if cfg.algo.credit == "divergence":
+        divergence = trainer.last_batch.extras["divergence"]
+        assert divergence.shape == trainer.last_batch.response_mask.shape
+        # the rollout (old) policy of step 2 against the frozen base: step 1 moved it
+        mask = trainer.last_batch.response_mask
+        assert torch.all(divergence[mask == 0] == 0) and divergence[mask == 1].max() > 0
     if cfg.algo.credit == "owpo":
         assert trainer.ref_model is not None and "kl_ref" in rows[0]  # logged, not in the loss
     if cfg.algo.credit == "fipo":  # first mini-batch is on-policy (f == 1), the second is not

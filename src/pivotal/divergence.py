@@ -41,7 +41,8 @@ from .batch import RolloutBatch
 from .logprobs import _plain_head, _response_states, trim_padding
 
 LN2 = math.log(2.0)
-RESPONSE_KEYS = ("js", "kl_policy_base", "kl_base_policy", "entropy_policy", "entropy_base", "dlogp")
+RESPONSE_KEYS = ("js", "kl_policy_base", "kl_base_policy", "entropy_policy", "entropy_base",
+                 "dlogp")
 
 
 def _plogq_terms(logp: Tensor, p: Tensor, other: Tensor) -> Tensor:
@@ -88,7 +89,8 @@ def distribution_divergences(logits_p: Tensor, logits_q: Tensor) -> dict[str, Te
     torch.no_grad when no gradient is wanted.
     """
     if logits_p.shape != logits_q.shape:
-        raise ValueError(f"logits shapes differ: {tuple(logits_p.shape)} vs {tuple(logits_q.shape)}")
+        raise ValueError(f"logits shapes differ: {tuple(logits_p.shape)} vs "
+                         f"{tuple(logits_q.shape)}")
     logp = torch.log_softmax(logits_p.float(), dim=-1)
     logq = torch.log_softmax(logits_q.float(), dim=-1)
     return _divergences_from_logprobs(logp, logq)
@@ -106,7 +108,8 @@ def _device(model) -> torch.device:
     return next(model.parameters()).device
 
 
-def _valid_states(model, batch: RolloutBatch, mask: Tensor, share_prompt: bool) -> tuple[Tensor, bool]:
+def _valid_states(model, batch: RolloutBatch, mask: Tensor,
+                  share_prompt: bool) -> tuple[Tensor, bool]:
     """(states (N, H) or logits (N, V) at the valid response positions, whether they are hidden)."""
     device = _device(model)
     if batch.response_ids.device != device:
@@ -153,7 +156,8 @@ def response_divergences(policy, base, batch: RolloutBatch, *, temperature: floa
                          f"outputs, base LM head has {v_base}")
     device = _device(policy)
     full_mask = batch.response_mask.to(device).bool()
-    out = {k: torch.zeros(full_mask.shape, dtype=torch.float32, device=device) for k in RESPONSE_KEYS}
+    out = {k: torch.zeros(full_mask.shape, dtype=torch.float32, device=device)
+           for k in RESPONSE_KEYS}
     n = int(full_mask.sum())
     if n == 0:
         return out
@@ -172,7 +176,8 @@ def response_divergences(policy, base, batch: RolloutBatch, *, temperature: floa
             logb = torch.log_softmax(
                 _chunk_logits(base, states_b, hidden_b, start, end, temperature, device), dim=-1)
             chosen = targets[start:end].unsqueeze(-1)
-            flat["dlogp"][start:end] = (logp.gather(-1, chosen) - logb.gather(-1, chosen)).squeeze(-1)
+            dlogp = logp.gather(-1, chosen) - logb.gather(-1, chosen)
+            flat["dlogp"][start:end] = dlogp.squeeze(-1)
             div = _divergences_from_logprobs(logp, logb)
             del logp, logb
             flat["js"][start:end] = div["js"]

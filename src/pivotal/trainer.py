@@ -28,6 +28,7 @@ from .algos import (ADVANTAGES, AGGREGATIONS, CREDITS, KL_ESTIMATORS, LOSSES, dy
                     group_stats, kl_reward_penalty, overlong_penalty)
 from .batch import RolloutBatch
 from .config import Config, save_config, validate_config
+from .divergence import response_divergences
 from .evaluate import evaluate
 from .logprobs import policy_logprobs, trim_padding
 from .metrics import MetricsLogger
@@ -68,7 +69,8 @@ class Trainer:
         # credit method reads reference log-probs (e.g. OWPO); it is the initial policy, frozen
         self.ref_model = None
         self._credit = CREDITS.get(cfg.algo.credit)
-        needs_reference = "ref_logprobs" in getattr(self._credit, "needs", ())
+        self._credit_needs = set(getattr(self._credit, "needs", ()))
+        needs_reference = bool(self._credit_needs & {"ref_logprobs", "divergence"})
         if cfg.algo.kl_beta > 0 or needs_reference:
             self.ref_model = copy.deepcopy(self.model).eval().requires_grad_(False)
         self.engine = TransformersEngine(self.model, self.tokenizer)
@@ -167,6 +169,21 @@ class Trainer:
             out[idx, : lp.shape[1]] = lp.cpu()
         return out
 
+    def _divergences(self, batch: RolloutBatch) -> dict[str, torch.Tensor]:
+        """(B, T) per-token divergences between the policy and the frozen reference, chunked."""
+        out: dict[str, torch.Tensor] = {}
+        mb = self.cfg.optim.micro_batch_size
+        for start in range(0, batch.size, mb):
+            idx = torch.arange(start, min(start + mb, batch.size))
+            view = trim_padding(batch.select(idx)).to(self.device)
+            values = response_divergences(self.model, self.ref_model, view,
+                                          temperature=self.cfg.rollout.temperature,
+                                          share_prompt=self.cfg.optim.share_prompt)
+            for key, value in values.items():
+                out.setdefault(key, torch.zeros_like(batch.old_logprobs))
+                out[key][idx, : value.shape[1]] = value.cpu()
+        return out
+
     # ------------------------------------------------------------------ one step
     def train_step(self) -> dict:
         cfg = self.cfg
@@ -184,6 +201,9 @@ class Trainer:
                 batch.rewards = batch.rewards - kl_reward_penalty(
                     batch.old_logprobs, batch.ref_logprobs, batch.response_mask,
                     coef=cfg.algo.kl_beta)
+        if "divergence" in self._credit_needs:  # per-token divergence: old policy vs frozen base
+            kind = cfg.algo.credit_options.get("kind", "js")
+            batch.extras["divergence"] = self._divergences(batch)[kind]
         if cfg.algo.old_logprobs == "recompute":
             batch.old_logprobs = self._logprobs_no_grad(self.model, batch)
         batch.advantages = self._advantage(batch.rewards, batch.group_ids, batch.response_mask,
