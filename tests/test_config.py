@@ -115,3 +115,13 @@ def test_plugins_register_methods_before_validation(tmp_path, monkeypatch):
     assert cfg.algo.credit == "late_tokens_test"
     with pytest.raises(ConfigError, match="train.plugins: cannot import 'no_such_module_xyz'"):
         load_config(None, ["train.plugins=[no_such_module_xyz]"])
+
+
+@pytest.mark.parametrize("override, culprit", [
+    ("algo.credit=fipo algo.credit_options.tau=0", "algo.credit_options"),
+    ("algo.loss_options.dual_clip=0.5", "algo.loss_options"),
+    ("algo.credit=divergence algo.credit_options.kind=hellinger", "algo.credit_options"),
+])
+def test_method_knobs_out_of_range_fail_at_config_time(override, culprit):
+    with pytest.raises(ConfigError, match=culprit):
+        load_config(None, override.split())

@@ -318,6 +318,7 @@ def validate_config(cfg: Config) -> None:
             raise ConfigError(f"{path}: {e}") from None
         if options:
             check_options(fn, options, f"{path}={name}")
+    _dry_run_algorithms(cfg)
     task_params = inspect.signature(TASKS.get(cfg.task.name)).parameters
     for key in cfg.task.options:
         if key not in task_params:
@@ -371,6 +372,49 @@ def validate_config(cfg: Config) -> None:
         if unknown:
             raise ConfigError(f"reward.components[{i}] has unknown key(s) {sorted(unknown)}; "
                               f"valid: name, weight, options, label")
+
+
+def _dry_run_algorithms(cfg: Config) -> None:
+    """Call the configured advantage, credit and loss once on a tiny synthetic batch.
+
+    An option out of range (FIPO's tau <= 0, a dual clip <= 1, ...) then fails here, before any
+    model loads, with the config key named, and no method needs a validator of its own. Seeded
+    options are left out and the global RNG is restored, so the dry run changes no random stream.
+    """
+    import torch
+
+    from .algos import ADVANTAGES, CREDITS, LOSSES
+    from .batch import RolloutBatch
+
+    mask = torch.tensor([[1.0, 1.0, 1.0], [1.0, 1.0, 0.0], [1.0, 0.0, 0.0], [1.0, 1.0, 1.0]])
+    group_ids = torch.tensor([0, 0, 1, 1])
+    scores = torch.tensor([1.0, 0.0, 0.0, 1.0])
+    old = torch.full_like(mask, -1.0)
+    current = old + torch.tensor([0.05, -0.3, 0.4])  # past both clip boundaries somewhere
+    batch = RolloutBatch(
+        prompt_ids=torch.zeros(4, 1, dtype=torch.long), prompt_mask=torch.ones(4, 1, dtype=torch.long),
+        response_ids=torch.zeros(4, 3, dtype=torch.long), response_mask=mask, old_logprobs=old,
+        group_ids=group_ids, truncated=torch.zeros(4, dtype=torch.bool), rewards=scores,
+        ref_logprobs=old - 0.2, extras={"divergence": mask * 0.1})
+    a = cfg.algo
+    unseeded = {"seed"}
+    stages = [
+        ("algo.advantage_options", lambda: ADVANTAGES.get(a.advantage)(
+            scores, group_ids, mask, **a.advantage_options)),
+        ("algo.credit_options", lambda: CREDITS.get(a.credit)(
+            batch, current, **{k: v for k, v in a.credit_options.items() if k not in unseeded})),
+        ("algo.loss_options", lambda: LOSSES.get(a.loss)(
+            current.clone().requires_grad_(), old, batch.advantages, mask,
+            **{k: v for k, v in a.loss_options.items() if k not in unseeded})),
+    ]
+    with torch.random.fork_rng(), torch.no_grad():
+        for key, call in stages:
+            try:
+                result = call()
+            except (ValueError, TypeError) as e:
+                raise ConfigError(f"{key}: {e}") from None
+            if key == "algo.advantage_options":
+                batch.advantages = result
 
 
 def describe_keys() -> str:
