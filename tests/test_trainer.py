@@ -136,6 +136,7 @@ def test_summary_reports_before_and_after(tmp_path):
     {"algo.credit": "dlogp", "algo.loss": "ppo_clip_nsr"},
     {"algo.credit": "divergence", "algo.credit_options": "{alpha: 0.5, kind: kl_base_policy}",
      "optim.mini_batches": 1, "optim.epochs_per_rollout": 2},
+    {"reward.labels": "agreement", "reward.label_budget": 0.5},
 ])
 def test_algorithm_variants_train(tmp_path, extra):
     cfg = tiny_config(tmp_path, **{"train.steps": 2, **extra})
@@ -156,6 +157,8 @@ def test_algorithm_variants_train(tmp_path, extra):
         # the rollout (old) policy of step 2 against the frozen base: step 1 moved it
         mask = trainer.last_batch.response_mask
         assert torch.all(divergence[mask == 0] == 0) and divergence[mask == 1].max() > 0
+    if cfg.reward.labels != "all":
+        assert rows[-1]["labels_queried_total"] == 2  # one of two prompts per step, two steps
     if cfg.algo.credit == "owpo":
         assert trainer.ref_model is not None and "kl_ref" in rows[0]  # logged, not in the loss
     if cfg.algo.credit == "fipo":  # first mini-batch is on-policy (f == 1), the second is not
@@ -181,3 +184,29 @@ def test_reference_ratchet_copies_in_place_and_survives_resume(tmp_path):
     for k, v in full.ref_model.state_dict().items():
         torch.testing.assert_close(resumed.ref_model.state_dict()[k], v, rtol=0, atol=0)
     assert _deterministic(read_metrics(part / "metrics.jsonl")) == _deterministic(rows)
+
+
+def test_active_labels_use_truth_only_for_the_chosen_groups(tmp_path):
+    from pivotal.tasks import Problem
+    problems = [Problem("a", "What is 2 + 3?", "5"), Problem("b", "What is 4 + 4?", "8")]
+    texts = ["2 + 3 = 5", "2 + 3 = 5", "2 + 3 = 5", "2 + 3 = 6",    # majority right (5)
+             "4 + 4 = 9", "4 + 4 = 9", "4 + 4 = 9", "4 + 4 = 8"]    # majority wrong (9)
+    expanded = [p for p in problems for _ in range(4)]
+
+    def run(labels, budget):
+        cfg = tiny_config(tmp_path, **{"reward.labels": labels, "reward.label_budget": budget,
+                                       "reward.components": "[{name: task}]"})
+        trainer = Trainer(cfg, progress=False)
+        batch = type("B", (), {})()
+        batch.group_ids = torch.tensor([0] * 4 + [1] * 4)
+        batch.rewards = torch.tensor([1.0, 1, 1, 0, 0, 0, 0, 1])  # against the truth
+        rewards = trainer._active_label_rewards(texts, expanded, batch)
+        return rewards.tolist(), trainer._label_metrics
+
+    pseudo, m = run("pseudo", 0.2)
+    assert pseudo == [1, 1, 1, 0, 1, 1, 1, 0]  # group b trains toward its wrong majority, 9
+    assert m["labels_queried"] == 0 and m["pseudo_label_accuracy"] == 0.5
+    oracle, m = run("cag_oracle", 0.5)  # one of two groups: b, where the pseudo-label is wrong
+    assert oracle == [1, 1, 1, 0, 0, 0, 0, 1] and m["labels_queried"] == 1
+    agree, m = run("agreement", 0.5)  # both groups agree 3/4: the tie goes to the lower id, a
+    assert agree == [1, 1, 1, 0, 1, 1, 1, 0] and m["labels_queried"] == 1

@@ -37,6 +37,9 @@ DEMO_TASK_OPTIONS = {"levels": [{"ops": ["+"], "digits": 2},
                                 {"ops": ["+"], "digits": [[2, 2], [1, 1]]}]}
 
 
+LABEL_MODES = ("all", "pseudo", "cag_oracle", "agreement")
+
+
 @dataclass
 class ModelConfig:
     name: str = _f("smollm2-135m", "'smollm2-135m' (built in), 'tiny-random' (tests), a local HF "
@@ -81,6 +84,12 @@ class RewardConfig:
                               "DAPO (arXiv:2503.14476): 4096 of 20480.")
     overlong_factor: float = _f(1.0, "DAPO overlong penalty at the length cap.")
     mask_truncated: bool = _f(False, "DAPO overlong filtering: truncated responses get no loss.")
+    labels: str = _f("all", "Which prompts train on their ground-truth label (CAG / CARE active "
+                     "labels): all | pseudo (majority vote only) | cag_oracle (true labels for "
+                     "the top label_budget prompts by corrective advantage gap; an oracle upper "
+                     "bound that peeks at every label to choose) | agreement (true labels for "
+                     "the label_budget prompts whose samples agree least; label-free choice).")
+    label_budget: float = _f(0.2, "Fraction of each step's prompts whose true label is queried.")
 
 
 @dataclass
@@ -348,6 +357,11 @@ def validate_config(cfg: Config) -> None:
                  "algo.reference_ratchet_every"):
         section, key = path.split(".")
         _positive(getattr(getattr(cfg, section), key), path, allow_zero=True)
+    if cfg.reward.labels not in LABEL_MODES:
+        raise ConfigError(f"reward.labels '{cfg.reward.labels}' is not one of "
+                          f"{', '.join(LABEL_MODES)}.{_nearest(cfg.reward.labels, LABEL_MODES)}")
+    if not 0 <= cfg.reward.label_budget <= 1:
+        raise ConfigError(f"reward.label_budget must be in [0, 1], got {cfg.reward.label_budget}")
     if cfg.algo.reference_ratchet_on_eval and not cfg.train.eval_every:
         raise ConfigError("algo.reference_ratchet_on_eval needs train.eval_every > 0")
     if not 0 < cfg.rollout.top_p <= 1:

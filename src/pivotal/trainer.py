@@ -18,6 +18,7 @@ import json
 import logging
 import math
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -34,7 +35,9 @@ from .logprobs import policy_logprobs, trim_padding
 from .metrics import MetricsLogger
 from .models import load_model
 from .plots import plot_run
-from .rewards import RewardScorer
+from .algos.labels import (agreement, corrective_advantage_gap, majority_labels,
+                           pseudo_label_accuracy, select_by_budget)
+from .rewards import RewardScorer, extracted
 from .rollout import SamplingParams, TransformersEngine
 from .tasks import build_task, format_prompt
 
@@ -82,6 +85,7 @@ class Trainer:
             self.optimizer, lambda s: min(1.0, (s + 1) / warmup) if warmup else 1.0)
         self.step = 0
         self.cursor = 0  # index of the next training problem
+        self.labels_queried = 0  # true labels read for training (active-label modes)
         self.history: dict = {}  # before/after evaluations
         self.eval_problems = self.task.eval_problems()[: cfg.eval.size]
         self._advantage = ADVANTAGES.get(cfg.algo.advantage)
@@ -109,7 +113,10 @@ class Trainer:
         expanded = [p for p in problems for _ in range(G)]
         scores = self.scorer.score(texts, expanded)
         batch.rewards = torch.tensor([s["reward"] for s in scores], dtype=torch.float32)
+        # `correct` always uses the ground truth: a diagnostic, also under active labels
         batch.correct = torch.tensor([s["correct"] for s in scores], dtype=torch.bool)
+        if cfg.reward.labels != "all":
+            batch.rewards = self._active_label_rewards(texts, expanded, batch)
         if cfg.reward.overlong_buffer > 0:
             batch.rewards = batch.rewards + overlong_penalty(
                 batch.response_lengths, cfg.rollout.max_new_tokens, cfg.reward.overlong_buffer,
@@ -120,13 +127,57 @@ class Trainer:
         self._timing["score"] += time.perf_counter() - t1
         return batch
 
+    def _active_label_rewards(self, texts: list[str], problems: list, batch: RolloutBatch):
+        """Training rewards when only some prompts' true labels may be used (CAG / CARE).
+
+        Every group gets a pseudo-label (majority vote of its extracted answers). The true label
+        is used for the `reward.label_budget` share of groups chosen by `reward.labels`; the rest
+        train on their pseudo-label. Returns (B,) rewards and records the label metrics.
+        The training signal reads the truth only for the chosen groups ('agreement' chooses
+        without it; 'cag_oracle' peeks at every label to choose, as an upper bound). The logged
+        accuracy and pseudo-label accuracy use the truth for every group, as diagnostics only.
+        """
+        cfg = self.cfg
+        if any(p.reward != "math" for p in problems):
+            raise ValueError("reward.labels other than 'all' needs answer-type problems "
+                             "(reward 'math'); majority votes are undefined for other verifiers")
+        gids = batch.group_ids.tolist()
+        answers = [extracted(t, tuple(cfg.reward.extract)) for t in texts]
+        majority = majority_labels(answers, batch.group_ids)
+        # rows of a group whose vote found no answer score 0 against their pseudo-label
+        pseudo_problems = [replace(p, answer=majority[g]) if majority[g] is not None else None
+                           for p, g in zip(problems, gids)]
+        scored = self.scorer.score([t for t, p in zip(texts, pseudo_problems) if p is not None],
+                                   [p for p in pseudo_problems if p is not None])
+        pseudo = torch.zeros(len(texts))
+        pseudo[[i for i, p in enumerate(pseudo_problems) if p is not None]] = torch.tensor(
+            [s["reward"] for s in scored], dtype=torch.float32)
+        true = batch.rewards
+        mode, budget = cfg.reward.labels, cfg.reward.label_budget
+        if mode == "pseudo":
+            queried: set[int] = set()
+        elif mode == "cag_oracle":
+            queried = select_by_budget(corrective_advantage_gap(true, pseudo, batch.group_ids),
+                                       budget)
+        else:  # "agreement": label-free estimate, so truth is read only for the chosen groups
+            queried = select_by_budget(agreement(answers, batch.group_ids), budget,
+                                       largest=False)
+        use_true = torch.tensor([g in queried for g in gids])
+        truth = {g: p.answer for p, g in zip(problems, gids)}
+        self.labels_queried += len(queried)
+        self._label_metrics = {
+            "labels_queried": len(queried), "labels_queried_total": self.labels_queried,
+            "pseudo_label_accuracy": pseudo_label_accuracy(majority, truth)}
+        return torch.where(use_true, true, pseudo)
+
     def rollout(self) -> tuple[RolloutBatch, dict]:
         """Sample and score one step's batch (with DAPO dynamic sampling when enabled)."""
         cfg = self.cfg
         want = cfg.rollout.prompts_per_step
         if not cfg.algo.dynamic_sampling:
             batch = self._sample_round(0, 0)
-            return batch, {"sampling_rounds": 1, **self._group_metrics(batch)}
+            return batch, {"sampling_rounds": 1, **self._group_metrics(batch),
+                           **self._label_metrics}
         kept, n_groups, first = [], 0, None
         for r in range(cfg.algo.max_sampling_rounds):
             batch = self._sample_round(r, r * want)
@@ -138,11 +189,11 @@ class Trainer:
             if n_groups >= want:
                 break
         if not kept:  # every group agreed in every round: nothing to learn from this step
-            return batch.select([]), {"sampling_rounds": r + 1, **first}
+            return batch.select([]), {"sampling_rounds": r + 1, **first, **self._label_metrics}
         batch = RolloutBatch.concat(kept, self.tokenizer.pad_token_id)
         groups = torch.unique(batch.group_ids)[:want]  # trim the overfill to whole groups
         batch = batch.select(torch.isin(batch.group_ids, groups).nonzero().squeeze(-1))
-        return batch, {"sampling_rounds": r + 1, **first}
+        return batch, {"sampling_rounds": r + 1, **first, **self._label_metrics}
 
     @staticmethod
     def _group_metrics(batch: RolloutBatch) -> dict:
@@ -188,6 +239,7 @@ class Trainer:
     def train_step(self) -> dict:
         cfg = self.cfg
         self._timing = {"generate": 0.0, "score": 0.0, "train": 0.0}
+        self._label_metrics: dict = {}
         self.model.eval()
         t_start = time.perf_counter()
         batch, metrics = self.rollout()
@@ -337,7 +389,8 @@ class Trainer:
         state = {"step": self.step, "cursor": self.cursor,
                  "optimizer": self.optimizer.state_dict(),
                  "scheduler": self.scheduler.state_dict(), "rng": ckpt.rng_state(),
-                 "history": self.history, "config": self.cfg.to_dict()}
+                 "history": self.history, "config": self.cfg.to_dict(),
+                 "labels_queried": self.labels_queried}
         if self.ref_model is not None and self._ratchets():  # the reference moved: keep it
             state["reference"] = {k: v.detach().cpu() for k, v in
                                   self.ref_model.state_dict().items()}
@@ -366,6 +419,7 @@ class Trainer:
         ckpt.set_rng_state(state["rng"])
         self.step, self.cursor = state["step"], state["cursor"]
         self.history = state.get("history", {})
+        self.labels_queried = state.get("labels_queried", 0)
         log.info("resumed from %s (step %d)", path, self.step)
         return True
 
