@@ -27,6 +27,8 @@ from tqdm.auto import tqdm
 from . import checkpoint as ckpt
 from .algos import (ADVANTAGES, AGGREGATIONS, CREDITS, KL_ESTIMATORS, LOSSES, dynamic_sampling_mask,
                     group_stats, kl_reward_penalty, overlong_penalty)
+from .algos.labels import (agreement, corrective_advantage_gap, majority_labels,
+                           pseudo_label_accuracy, select_by_budget)
 from .batch import RolloutBatch
 from .config import Config, save_config, validate_config
 from .divergence import response_divergences
@@ -35,8 +37,6 @@ from .logprobs import policy_logprobs, trim_padding
 from .metrics import MetricsLogger
 from .models import load_model
 from .plots import plot_run
-from .algos.labels import (agreement, corrective_advantage_gap, majority_labels,
-                           pseudo_label_accuracy, select_by_budget)
 from .rewards import RewardScorer, extracted
 from .rollout import SamplingParams, TransformersEngine
 from .tasks import build_task, format_prompt
