@@ -33,3 +33,17 @@ def test_tiny_random_has_real_tokenizer(tiny):
     assert tok.padding_side == "left" and tok.pad_token_id is not None
     assert tok.chat_template  # SmolLM2's chat template
     assert sum(p.numel() for p in model.parameters()) < 5_000_000
+
+
+def test_hub_id_fails_fast_without_offline_flags(monkeypatch, tmp_path):
+    """No HF_HUB_OFFLINE set: the reachability probe, not a long retry loop, decides."""
+    from pivotal.hub import hub_reachable
+    for flag in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE"):
+        monkeypatch.delenv(flag, raising=False)
+    monkeypatch.setenv("HF_HOME", str(tmp_path))
+    if hub_reachable(timeout=3):
+        pytest.skip("the hub is reachable from here")
+    t0 = time.time()
+    with pytest.raises(ModelLoadError, match="the hub cannot be reached"):
+        load_model("someone/not-a-cached-model")
+    assert time.time() - t0 < 30

@@ -16,11 +16,12 @@ import importlib.util
 import logging
 import os
 import shutil
-import socket
 import tempfile
 from pathlib import Path
 
 import torch
+
+from .hub import env_offline, hub_reachable
 
 log = logging.getLogger("pivotal.models")
 
@@ -117,16 +118,6 @@ def _tiny_random(cache_dir, seed: int = 0):
     return model, tokenizer
 
 
-def _hub_reachable(timeout: float = 3.0) -> bool:
-    if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False"):
-        return False
-    try:
-        with socket.create_connection(("huggingface.co", 443), timeout=timeout):
-            return True
-    except OSError:
-        return False
-
-
 def _from_pretrained(spec: str, dtype: torch.dtype):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -145,7 +136,7 @@ def _from_pretrained(spec: str, dtype: torch.dtype):
         return model, tokenizer
     except OSError:
         pass
-    if not _hub_reachable():
+    if env_offline() or not hub_reachable():
         raise ModelLoadError(
             f"model '{spec}' is not a local directory and not in the local Hugging Face cache, and "
             f"the hub cannot be reached from here. Pass a local model directory, or "

@@ -35,15 +35,14 @@ import math
 import os
 import random
 import re
-import socket
 import string
-import threading
 from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
 from typing import Any, Iterator
-from urllib.parse import urlparse
 
+from pivotal.hub import env_offline as _env_offline
+from pivotal.hub import hub_reachable
 from pivotal.tasks.base import Problem
 
 JSON_SUFFIXES = (".jsonl", ".ndjson", ".json")
@@ -389,30 +388,6 @@ def mawps_task(data_dir: str | os.PathLike | None = None, seed: int = 0, eval_fr
 
 class HubUnavailableError(RuntimeError):
     """A hub dataset could not be loaded (no network, unknown name or split, missing package)."""
-
-
-def _env_offline() -> bool:
-    flags = (os.environ.get(k, "") for k in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE"))
-    return any(v.strip().upper() in {"1", "ON", "YES", "TRUE"} for v in flags)
-
-
-def hub_reachable(timeout: float = 3.0) -> bool:
-    """Whether a TCP connection to the hub endpoint opens within timeout seconds (DNS included)."""
-    url = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
-    host, port = url.hostname or "huggingface.co", url.port or (80 if url.scheme == "http" else 443)
-    result: list[bool] = []
-
-    def probe() -> None:  # in a thread, since name resolution itself has no timeout
-        try:
-            socket.create_connection((host, port), timeout=timeout).close()
-            result.append(True)
-        except OSError:
-            result.append(False)
-
-    thread = threading.Thread(target=probe, daemon=True)
-    thread.start()
-    thread.join(timeout + 0.5)
-    return bool(result and result[0])
 
 
 @contextlib.contextmanager
