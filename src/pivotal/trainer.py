@@ -493,7 +493,9 @@ def _with_extraction(components: list[dict], extract: list[str]) -> list[dict]:
 def _fmt_step(step: int, total: int, m: dict) -> str:
     if m.get("skipped"):
         return f"step {step}/{total} | skipped (all groups agree) | reward {m['reward']:.3f}"
-    return (f"step {step}/{total} | reward {m['reward']:.3f} acc {m['accuracy']:.3f} "
+    labels = (f" | labels {m['labels_queried']} (total {m['labels_queried_total']}) pseudo-acc "
+              f"{m['pseudo_label_accuracy']:.2f}" if "labels_queried" in m else "")
+    return (f"step {step}/{total} | reward {m['reward']:.3f} acc {m['accuracy']:.3f}{labels} "
             f"| len {m['response_length']:.1f} trunc {m['truncation_rate']:.2f} "
             f"| ent {m.get('entropy', math.nan):.3f} clip {m.get('clip_frac_low', 0):.3f}/"
             f"{m.get('clip_frac_high', 0):.3f} gnorm {m.get('grad_norm', math.nan):.3f} "
