@@ -208,32 +208,29 @@ class Trainer:
 
     # ------------------------------------------------------------------ log-prob helpers
     @torch.no_grad()
-    def _logprobs_no_grad(self, model, batch: RolloutBatch) -> torch.Tensor:
-        """(B, T) log-probs of the batch's responses under `model`, in micro-batches."""
-        out = torch.zeros_like(batch.old_logprobs)
-        mb = self.cfg.optim.micro_batch_size
-        for start in range(0, batch.size, mb):
-            idx = torch.arange(start, min(start + mb, batch.size))
-            view = trim_padding(batch.select(idx)).to(self.device)
-            lp, _ = policy_logprobs(model, view, self.cfg.rollout.temperature,
-                                    share_prompt=self.cfg.optim.share_prompt)
-            out[idx, : lp.shape[1]] = lp.cpu()
-        return out
-
-    def _divergences(self, batch: RolloutBatch) -> dict[str, torch.Tensor]:
-        """(B, T) per-token divergences between the policy and the frozen reference, chunked."""
+    def _per_token_no_grad(self, batch: RolloutBatch, compute) -> dict[str, torch.Tensor]:
+        """Run `compute(view) -> {name: (b, t)}` over micro-batches; reassemble (B, T) tensors."""
         out: dict[str, torch.Tensor] = {}
         mb = self.cfg.optim.micro_batch_size
         for start in range(0, batch.size, mb):
             idx = torch.arange(start, min(start + mb, batch.size))
             view = trim_padding(batch.select(idx)).to(self.device)
-            values = response_divergences(self.model, self.ref_model, view,
-                                          temperature=self.cfg.rollout.temperature,
-                                          share_prompt=self.cfg.optim.share_prompt)
-            for key, value in values.items():
+            for key, value in compute(view).items():
                 out.setdefault(key, torch.zeros_like(batch.old_logprobs))
                 out[key][idx, : value.shape[1]] = value.cpu()
         return out
+
+    def _logprobs_no_grad(self, model, batch: RolloutBatch) -> torch.Tensor:
+        """(B, T) log-probs of the batch's responses under `model`."""
+        return self._per_token_no_grad(batch, lambda view: {"logp": policy_logprobs(
+            model, view, self.cfg.rollout.temperature,
+            share_prompt=self.cfg.optim.share_prompt)[0]})["logp"]
+
+    def _divergences(self, batch: RolloutBatch) -> dict[str, torch.Tensor]:
+        """(B, T) per-token divergences between the policy and the frozen reference."""
+        return self._per_token_no_grad(batch, lambda view: response_divergences(
+            self.model, self.ref_model, view, temperature=self.cfg.rollout.temperature,
+            share_prompt=self.cfg.optim.share_prompt))
 
     # ------------------------------------------------------------------ one step
     def train_step(self) -> dict:
