@@ -4,52 +4,114 @@ For every method config and seed: train from the same base model for the same nu
 evaluating held-out greedy accuracy every `--eval-every` steps. Reports mean ± std over seeds of
 the final held-out accuracy (lenient and strict), wall time, response length and entropy, as a
 markdown table, and draws accuracy against step and against wall time (one line per method) into
-a PNG. Each run's own output directory keeps its metrics.jsonl and checkpoints.
+a PNG. Each run's own output directory keeps its config, metrics.jsonl and result.json; a run whose
+result.json exists is not repeated, so an interrupted comparison continues where it stopped
+(delete the run's `claimed` file first), and several processes given the same arguments share
+the work (each claims a run before starting it; with 2 cores, two processes with
+OMP_NUM_THREADS=1 finish sooner than one with two threads).
 
-    python benchmarks/compare_methods.py --seeds 0 1 2 --steps 30 \
-        --methods demo fipo dlogp owpo nsr --out runs/compare
-    python benchmarks/compare_methods.py ... task.name=svamp eval.max_new_tokens=96   # real data
+    python benchmarks/compare_methods.py --base demo --seeds 0 1 2 --steps 20 \
+        --methods demo fipo dlogp divergence nsr owpo cag --out runs/compare-arith
+    python benchmarks/compare_methods.py --base svamp ... --out runs/compare-svamp   # real data
 
-Methods are names of files in configs/ (their task/rollout settings are overridden by the shared
-settings below, so only the algorithm differs); extra `section.key=value` overrides apply to all.
+The experiment (model, task, rollout budget, reward, evaluation) comes from the `--base` config;
+each method config in configs/ contributes only its `algo` and `optim` sections and its
+`reward.labels` / `reward.label_budget` (active labels), so only the algorithm differs.
+Extra `section.key=value` overrides apply to every run. The base model's held-out evaluation is
+computed once and shared: greedy decoding of the same problems by the same model gives the same
+result for every method and seed.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 from pathlib import Path
+
+import yaml
 
 from pivotal.config import load_config
 from pivotal.metrics import read_metrics
 from pivotal.trainer import Trainer
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
-# Everything but the algorithm is held fixed across methods.
-SHARED = ["rollout.prompts_per_step=4", "rollout.group_size=8", "rollout.max_new_tokens=48",
-          "eval.size=100", "optim.lr=1e-5", "train.tensorboard=false"]
+METHOD_SECTIONS = ("algo", "optim")
+METHOD_REWARD_KEYS = ("labels", "label_budget")
 
 
-def run_one(method: str, seed: int, steps: int, eval_every: int, out: Path,
-            overrides: list[str]) -> dict:
+def _yaml(name: str) -> dict:
+    path = CONFIGS / f"{name}.yaml"
+    if not path.exists():
+        raise SystemExit(f"no config named '{name}' in {CONFIGS}")
+    return yaml.safe_load(path.read_text()) or {}
+
+
+def experiment_config(base: str, method: str) -> dict:
+    """The base config's experiment with the method config's algorithm: a plain dict."""
+    merged, recipe = _yaml(base), _yaml(method)
+    for section in METHOD_SECTIONS:
+        merged[section] = recipe.get(section, {})
+    reward = dict(merged.get("reward") or {})
+    reward.update({k: v for k, v in (recipe.get("reward") or {}).items()
+                   if k in METHOD_REWARD_KEYS})
+    merged["reward"] = reward
+    merged.pop("train", None)
+    return merged
+
+
+def run_one(base: str, method: str, seed: int, steps: int, eval_every: int, out: Path,
+            overrides: list[str]) -> dict | None:
     run_dir = out / f"{method}-seed{seed}"
-    cfg = load_config(CONFIGS / f"{method}.yaml", [
-        *SHARED, f"train.seed={seed}", f"train.steps={steps}", f"train.eval_every={eval_every}",
-        f"train.output_dir={run_dir}", "task.options.seed=0", *overrides])
-    summary = Trainer(cfg, progress=False).train()
+    done = run_dir / "result.json"
+    if done.exists():
+        return {**json.loads(done.read_text()), "train_curve": train_curve(run_dir)}
+    run_dir.mkdir(parents=True, exist_ok=True)
+    try:  # a claim, so that several processes can share one comparison (one per core)
+        os.close(os.open(run_dir / "claimed", os.O_CREAT | os.O_EXCL))
+    except FileExistsError:
+        print(f"{run_dir} is being run by another process; skipped", flush=True)
+        return None
+    spec = run_dir / "experiment.yaml"
+    spec.write_text(yaml.safe_dump(experiment_config(base, method), sort_keys=False))
+    cfg = load_config(spec, [f"train.seed={seed}", f"train.steps={steps}",
+                             f"train.eval_every={eval_every}", f"train.output_dir={run_dir}",
+                             "train.tensorboard=false", "train.save_every=0", *overrides])
+    trainer = Trainer(cfg, progress=False)
+    base_eval = out / "base_eval.json"
+    if base_eval.exists():  # same model, same problems, greedy: the same for every run
+        trainer.history["before"] = json.loads(base_eval.read_text())
+    summary = trainer.train()
+    if not base_eval.exists():
+        base_eval.write_text(json.dumps(summary["before"]))
     rows = read_metrics(run_dir / "metrics.jsonl")
     elapsed, curve = 0.0, [(0, 0.0, summary["before"]["greedy_lenient"])]
     for r in rows:
         elapsed += r.get("time_step", 0.0)
-        if "eval_greedy_lenient" in r:
+        if "eval_greedy_lenient" in r and r["step"] != rows[-1]["step"]:
             curve.append((r["step"], elapsed, r["eval_greedy_lenient"]))
     curve.append((rows[-1]["step"], elapsed, summary["after"]["greedy_lenient"]))
     last = rows[-max(1, len(rows) // 5):]  # the final fifth of training
-    return {"method": method, "seed": seed, "lenient": summary["after"]["greedy_lenient"],
-            "strict": summary["after"]["greedy_strict"], "wall_s": elapsed, "curve": curve,
-            "length": statistics.mean(r["response_length"] for r in last),
-            "entropy": statistics.mean(r.get("entropy", 0.0) for r in last)}
+    result = {"method": method, "seed": seed, "lenient": summary["after"]["greedy_lenient"],
+              "strict": summary["after"]["greedy_strict"], "wall_s": elapsed, "curve": curve,
+              "before": summary["before"]["greedy_lenient"],
+              "length": statistics.mean(r["response_length"] for r in last),
+              "entropy": statistics.mean(r.get("entropy", 0.0) for r in last),
+              "reward": statistics.mean(r.get("reward", 0.0) for r in last)}
+    done.write_text(json.dumps(result))
+    return {**result, "train_curve": train_curve(run_dir)}
+
+
+def train_curve(run_dir: Path) -> list[tuple[int, float, float]]:
+    """(step, elapsed s, true accuracy of the step's own rollouts): a learning curve at no cost.
+
+    The true accuracy, not the reward: under active labels the reward uses pseudo-labels."""
+    elapsed, curve = 0.0, []
+    for r in read_metrics(run_dir / "metrics.jsonl"):
+        elapsed += r.get("time_step", 0.0)
+        curve.append((r["step"], elapsed, r["accuracy"]))
+    return curve
 
 
 def _mean_std(values: list[float]) -> str:
@@ -58,39 +120,62 @@ def _mean_std(values: list[float]) -> str:
     return f"{statistics.mean(values):.3f} ± {statistics.stdev(values):.3f}"
 
 
+def _methods(results: list[dict]) -> list[str]:
+    return list(dict.fromkeys(r["method"] for r in results))
+
+
 def table(results: list[dict]) -> str:
-    lines = ["| method | held-out lenient | held-out strict | wall s | length | entropy |",
-             "| --- | --- | --- | --- | --- | --- |"]
-    for method in dict.fromkeys(r["method"] for r in results):
+    lines = [("| method | seeds | held-out lenient (before → after) | held-out strict | "
+             "train acc, last 3 steps | wall s | length | entropy |"),
+             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for method in _methods(results):
         rs = [r for r in results if r["method"] == method]
-        lines.append(f"| {method} | {_mean_std([r['lenient'] for r in rs])} | "
-                     f"{_mean_std([r['strict'] for r in rs])} | "
+        tail = [statistics.mean(a for _, _, a in r["train_curve"][-3:]) for r in rs]
+        lines.append(f"| {method} | {len(rs)} | {rs[0]['before']:.3f} → "
+                     f"{_mean_std([r['lenient'] for r in rs])} | "
+                     f"{_mean_std([r['strict'] for r in rs])} | {_mean_std(tail)} | "
                      f"{statistics.mean(r['wall_s'] for r in rs):.0f} | "
                      f"{statistics.mean(r['length'] for r in rs):.1f} | "
                      f"{statistics.mean(r['entropy'] for r in rs):.3f} |")
     return "\n".join(lines)
 
 
+def _smooth(values: list[float], width: int = 3) -> list[float]:
+    """Trailing moving average: per-step rollout accuracy of 32 samples is noisy."""
+    return [statistics.mean(values[max(0, i - width + 1):i + 1]) for i in range(len(values))]
+
+
 def plot(results: list[dict], path: Path) -> None:
+    """Rollout accuracy vs step and vs wall time (mean over seeds, smoothed), and held-out
+    accuracy before and after training (mean ± std over seeds)."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
-    for method in dict.fromkeys(r["method"] for r in results):
+    fig, axes = plt.subplots(1, 3, figsize=(16, 4.5))
+    methods = _methods(results)
+    for i, method in enumerate(methods):
         rs = [r for r in results if r["method"] == method]
-        points = len(rs[0]["curve"])
-        steps = [rs[0]["curve"][i][0] for i in range(points)]
-        acc = [statistics.mean(r["curve"][i][2] for r in rs) for i in range(points)]
-        wall = [statistics.mean(r["curve"][i][1] for r in rs) for i in range(points)]
-        axes[0].plot(steps, acc, marker="o", label=method)
-        axes[1].plot(wall, acc, marker="o", label=method)
+        n = min(len(r["train_curve"]) for r in rs)
+        steps = [rs[0]["train_curve"][j][0] for j in range(n)]
+        acc = _smooth([statistics.mean(r["train_curve"][j][2] for r in rs) for j in range(n)])
+        wall = [statistics.mean(r["train_curve"][j][1] for r in rs) for j in range(n)]
+        axes[0].plot(steps, acc, marker=".", label=method)
+        axes[1].plot(wall, acc, marker=".", label=method)
+        after = [r["lenient"] for r in rs]
+        err = statistics.stdev(after) if len(after) > 1 else 0.0
+        axes[2].bar(i, statistics.mean(after), yerr=err, capsize=4, color=f"C{i}")
+    axes[2].axhline(results[0]["before"], color="k", ls="--", lw=1, label="base model")
+    axes[2].set_xticks(range(len(methods)), methods, rotation=30)
+    axes[2].set_ylabel("held-out greedy accuracy (lenient)")
+    axes[2].set_title("held-out after training (mean ± std over seeds)")
+    axes[2].legend()
     axes[0].set_xlabel("step")
     axes[1].set_xlabel("training wall time (s)")
-    for ax in axes:
-        ax.set_ylabel("held-out greedy accuracy (lenient)")
+    for ax in axes[:2]:
+        ax.set_ylabel("rollout accuracy (3-step moving average)")
         ax.grid(alpha=0.3)
-        ax.legend()
+        ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=90)
     plt.close(fig)
@@ -98,7 +183,9 @@ def plot(results: list[dict], path: Path) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--methods", nargs="+", default=["demo", "fipo", "dlogp", "owpo", "nsr"])
+    ap.add_argument("--base", default="demo", help="config giving the experiment (task, budget)")
+    ap.add_argument("--methods", nargs="+",
+                    default=["demo", "fipo", "dlogp", "divergence", "nsr", "owpo", "cag"])
     ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     ap.add_argument("--steps", type=int, default=30)
     ap.add_argument("--eval-every", type=int, default=10)
@@ -108,9 +195,12 @@ def main() -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     results = []
-    for method in args.methods:
-        for seed in args.seeds:
-            result = run_one(method, seed, args.steps, args.eval_every, out, args.overrides)
+    for seed in args.seeds:  # seeds outermost: a stopped comparison still covers every method
+        for method in args.methods:
+            result = run_one(args.base, method, seed, args.steps, args.eval_every, out,
+                             args.overrides)
+            if result is None:
+                continue
             results.append(result)
             print(f"{method} seed {seed}: held-out lenient {result['lenient']:.3f} "
                   f"strict {result['strict']:.3f} in {result['wall_s']:.0f}s", flush=True)

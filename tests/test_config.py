@@ -125,3 +125,19 @@ def test_plugins_register_methods_before_validation(tmp_path, monkeypatch):
 def test_method_knobs_out_of_range_fail_at_config_time(override, culprit):
     with pytest.raises(ConfigError, match=culprit):
         load_config(None, override.split())
+
+
+def test_method_needing_a_reference_fails_when_none_is_configured():
+    for extra, user in ((["algo.credit=owpo"], "algo.credit=owpo"),
+                        (["algo.credit=divergence"], "algo.credit=divergence"),
+                        (["algo.kl_beta=0.04"], "algo.kl_beta=0.04")):
+        with pytest.raises(ConfigError, match=rf"{user} needs a frozen reference model, but "
+                                              r"model.reference=none"):
+            load_config(None, ["model.reference=none", *extra])
+    load_config(None, ["model.reference=none", "algo.credit=dlogp"])  # needs none: fine
+    load_config(None, ["algo.credit=owpo"])  # the default reference is the initial policy
+
+
+def test_ratchet_without_a_reference_user_is_an_error():
+    with pytest.raises(ConfigError, match="replaces a reference model that nothing uses"):
+        load_config(None, ["algo.reference_ratchet_every=5"])

@@ -303,6 +303,12 @@ def test_credit_default_is_mean_alpha_one_and_apply_credit():
     close(out, [[2.8, 4.4, 3.6], [-2.6, -1.0, -1.0]], 1e-6)
 
 
+def test_credit_max_weight_caps_only_the_large_weights():
+    # mean normaliser, alpha 2: [[1.8, 3.4, 2.6], [4.2, pad, pad]]; a cap of 3 touches 3.4 and 4.2
+    w = FN(credit_batch(D_WIDE), None, alpha=2.0, max_weight=3.0)
+    close(w, [[1.8, 3.0, 2.6], [3.0, 1.0, 1.0]], 1e-6)
+
+
 def test_credit_all_zero_divergence_gives_ones():
     w = FN(credit_batch(torch.zeros(2, 3)), None, eps=0.0)
     close(w, torch.ones(2, 3), 0.0)
@@ -317,6 +323,7 @@ def test_credit_missing_extras_raises():
     ({"kind": "tv"}, "kind must be one of"),
     ({"normaliser": "median"}, "normaliser must be one of"),
     ({"eps": -1.0}, "eps"),
+    ({"max_weight": 0.5}, "max_weight must be >= 1"),
 ])
 def test_credit_bad_options_raise(options, match):
     with pytest.raises(ValueError, match=match):
@@ -345,3 +352,16 @@ def test_credit_on_real_divergences(tiny, other_model, batch):
     assert torch.all(w[~valid] == 1) and torch.all(w[valid] > 1)
     # the mean-normalised weights average 1 + alpha over valid tokens
     assert mean_over_valid(w, batch.response_mask) == pytest.approx(1.5, abs=1e-5)
+
+
+def test_shift_metrics_hand_values():
+    from pivotal.shift_monitor import monitored_rows, shift_metrics
+    dlogp = torch.tensor([[0.05, -0.6, 2.0], [-0.2, 9.0, 9.0]])
+    mask = torch.tensor([[1.0, 1.0, 1.0], [1.0, 0.0, 0.0]])  # the 9.0s are padding
+    m = shift_metrics(dlogp, mask, [0.1, 0.5, 1.0])
+    assert m["shift_frac_0.1"] == pytest.approx(3 / 4)
+    assert m["shift_frac_0.5"] == pytest.approx(2 / 4)
+    assert m["shift_frac_1"] == pytest.approx(1 / 4)
+    assert m["shift_mean_abs_dlogp"] == pytest.approx((0.05 + 0.6 + 2.0 + 0.2) / 4)
+    assert monitored_rows(32, 4).tolist() == [0, 10, 21, 31]
+    assert monitored_rows(5, 0).tolist() == [0, 1, 2, 3, 4]

@@ -210,3 +210,48 @@ def test_active_labels_use_truth_only_for_the_chosen_groups(tmp_path):
     assert oracle == [1, 1, 1, 0, 0, 0, 0, 1] and m["labels_queried"] == 1
     agree, m = run("agreement", 0.5)  # both groups agree 3/4: the tie goes to the lower id, a
     assert agree == [1, 1, 1, 0, 1, 1, 1, 0] and m["labels_queried"] == 1
+
+
+def test_reference_can_be_another_model_with_the_same_tokenizer(tmp_path):
+    """model.reference names a separate model: it is loaded frozen, and differs from the policy."""
+    cfg = tiny_config(tmp_path, **{"model.reference": "tiny-random", "algo.kl_beta": 0.1,
+                                   "train.seed": 3})
+    trainer = Trainer(cfg, progress=False)
+    ref_params = list(trainer.ref_model.parameters())
+    assert not any(p.requires_grad for p in ref_params)
+    # tiny-random loads with seed 0 as the reference, the policy with train.seed = 3
+    assert any(not torch.equal(a, b) for a, b in zip(ref_params, trainer.model.parameters()))
+    metrics = trainer.train_step()
+    assert metrics["kl_ref"] > 0  # two different models: the KL estimate is positive
+
+
+def test_shift_monitor_logs_sparsity_against_the_initial_policy(tmp_path):
+    """The monitor's fractions are those of |old_logprobs - initial log-probs| on its rows."""
+    from pivotal.shift_monitor import monitored_rows, shift_metrics
+    trainer = Trainer(tiny_config(tmp_path, **{"train.shift_monitor": True,
+                                               "train.shift_monitor_rows": 3,
+                                               "train.steps": 2}), progress=False)
+    first = trainer.train_step()
+    # step 1 samples from the initial policy itself: nothing has changed yet
+    assert first["shift_mean_abs_dlogp"] < 1e-4 and first["shift_frac_0.1"] == 0.0
+    trainer.step += 1
+    second = trainer.train_step()
+    batch = trainer.last_batch
+    rows = monitored_rows(batch.size, 3)
+    assert rows.tolist() == [0, 4, 7]  # 8 responses, 3 spread evenly
+    sub = batch.select(rows)
+    initial = trainer._logprobs_no_grad(trainer.initial_model, sub)
+    expected = shift_metrics(sub.old_logprobs - initial, sub.response_mask, [0.1, 0.5, 1.0])
+    for key, value in expected.items():
+        assert second[key] == pytest.approx(value, abs=1e-5), key
+    assert second["shift_mean_abs_dlogp"] > 0  # lr 1e-3 on a tiny model moves it
+    # the initial model really is the initial policy: frozen, distinct from the trained one
+    assert not any(p.requires_grad for p in trainer.initial_model.parameters())
+
+
+def test_shift_monitor_reuses_the_initial_reference_for_free(tmp_path):
+    trainer = Trainer(tiny_config(tmp_path, **{"train.shift_monitor": True,
+                                               "algo.kl_beta": 0.01}), progress=False)
+    assert trainer.initial_model is trainer.ref_model
+    m = trainer.train_step()
+    assert "shift_frac_0.5" in m

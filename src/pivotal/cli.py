@@ -1,9 +1,13 @@
-"""Command line: `pivotal train | eval | config`.
+"""Command line: `pivotal train | eval | analyze | cross-sample | report | plot | config`.
 
     pivotal train                                   # the built-in demo (SmolLM2-135M, arithmetic)
     pivotal train configs/gsm8k.yaml optim.lr=2e-6  # a config file plus dotted overrides
     pivotal train configs/demo.yaml --resume        # continue from the last good checkpoint
     pivotal eval --model runs/demo/checkpoints/step_000020 --data ../shared/data/svamp_test.jsonl
+    pivotal eval --model runs/demo/checkpoints/step_000030 --extrapolate-base smollm2-135m
+    pivotal analyze --rl runs/demo/checkpoints/step_000030 --out runs/analyze   # per-token shift
+    pivotal cross-sample --rl runs/demo/checkpoints/step_000030 --out runs/analyze
+    pivotal report runs/analyze --cross-sampling runs/analyze/cross_sampling.json
     pivotal plot runs/demo                          # training curves as runs/demo/curves.png
     pivotal config --keys                           # every key, its default and help text
 """
@@ -16,6 +20,8 @@ import logging
 import sys
 from pathlib import Path
 
+from .analysis import cli_analyze, cli_cross_sample, cli_report
+from .analysis.cli_cross_sample import add_extrapolation_args, extrapolation_engine_from_args
 from .config import ConfigError, describe_keys, load_config
 from .models import ModelLoadError
 from .registry import UnknownNameError
@@ -53,7 +59,7 @@ def cmd_train(args) -> int:
 
 def cmd_eval(args) -> int:
     from .evaluate import evaluate, write_eval_outputs
-    from .models import load_model
+    from .models import load_model, tokenizer_fingerprint
     from .tasks import build_task
     from .tasks.files import load_problems
 
@@ -69,12 +75,25 @@ def cmd_eval(args) -> int:
         problems = task.eval_problems()[: cfg.eval.size if args.limit is None else args.limit]
     model, tokenizer = load_model(cfg.model.name, cfg.model.device, cfg.model.dtype,
                                   cfg.model.cache_dir)
+    engine = extrapolation_engine_from_args(args, model, tokenizer)  # None: plain decoding
     summary, records = evaluate(model, tokenizer, problems, n_samples=cfg.eval.n_samples,
                                 temperature=cfg.eval.temperature,
                                 max_new_tokens=cfg.eval.max_new_tokens,
                                 batch_size=cfg.eval.batch_size, instruction=cfg.task.instruction,
-                                system_prompt=cfg.task.system_prompt, seed=cfg.train.seed)
+                                system_prompt=cfg.task.system_prompt, seed=cfg.train.seed,
+                                engine=engine)
+    if engine is not None:
+        summary["extrapolation"] = {"base": args.extrapolate_base, "gamma": args.gamma,
+                                    "tau": args.tau, "where": args.extrapolate_where,
+                                    "top_n": args.extrapolate_top_n,
+                                    "extrapolated_positions": engine.replaced,
+                                    "changed_positions": engine.changed,
+                                    "positions": engine.positions,
+                                    "budget": engine.budget}
     summary["model"] = cfg.model.name
+    summary["tokenizer_fingerprint"] = tokenizer_fingerprint(tokenizer)
+    for record in records:  # so that `pivotal analyze` can tell which model wrote them
+        record["model"] = cfg.model.name
     out = Path(args.out)
     write_eval_outputs(out, summary, records)
     print(json.dumps(summary, indent=2))
@@ -121,6 +140,12 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--limit", type=int, help="evaluate the first N problems (default eval.size)")
     e.add_argument("--out", default="runs/eval", help="output directory")
     e.set_defaults(fn=cmd_eval)
+
+    add_extrapolation_args(e)
+
+    # token-level diagnostics (pivotal.analysis): each module registers its own subcommand
+    for module in (cli_analyze, cli_cross_sample, cli_report):
+        module.add_parser(sub)
 
     pl = sub.add_parser("plot", help="training curves of a run as a PNG")
     pl.add_argument("run_dir", help="a training output directory (with metrics.jsonl)")

@@ -49,6 +49,10 @@ class ModelConfig:
     cache_dir: str | None = _f(None, "Where the built-in model's safetensors are cached "
                                "(default $PIVOTAL_CACHE or ~/.cache/pivotal).")
     gradient_checkpointing: bool = _f(False, "Trade compute for memory on long responses.")
+    reference: str = _f("initial", "The frozen reference/base model of KL terms and of credit "
+                        "methods that read one (owpo, divergence): 'initial' (a copy of the "
+                        "starting policy), 'none' (never load one), or another model spec "
+                        "sharing the policy's tokenizer.")
 
 
 @dataclass
@@ -143,6 +147,11 @@ class TrainConfig:
     eval_before_after: bool = _f(True, "Greedy held-out accuracy before and after training.")
     plugins: list = _f([], "Python modules imported before validation; they may register "
                        "methods (@register_credit, @register_loss, ...) used by name here.")
+    shift_monitor: bool = _f(False, "Log per step how sparse the change from the initial "
+                             "policy is: the fraction of sampled tokens whose |Δlog p| against "
+                             "the initial policy exceeds each of shift_thresholds.")
+    shift_thresholds: list = _f([0.1, 0.5, 1.0], "|Δlog p| thresholds of the shift monitor.")
+    shift_monitor_rows: int = _f(8, "Responses per step the shift monitor scores (0 = all).")
     tensorboard: bool = _f(True, "Write TensorBoard event files.")
     wandb: bool = _f(False, "Log to Weights & Biases (needs `wandb` installed).")
 
@@ -362,6 +371,12 @@ def validate_config(cfg: Config) -> None:
                           f"{', '.join(LABEL_MODES)}.{_nearest(cfg.reward.labels, LABEL_MODES)}")
     if not 0 <= cfg.reward.label_budget <= 1:
         raise ConfigError(f"reward.label_budget must be in [0, 1], got {cfg.reward.label_budget}")
+    _check_reference(cfg)
+    if cfg.train.shift_monitor_rows < 0:
+        raise ConfigError(f"train.shift_monitor_rows must be >= 0, got {cfg.train.shift_monitor_rows}")
+    if not all(isinstance(t, (int, float)) and t > 0 for t in cfg.train.shift_thresholds):
+        raise ConfigError("train.shift_thresholds must be a list of positive numbers, got "
+                          f"{cfg.train.shift_thresholds}")
     if cfg.algo.reference_ratchet_on_eval and not cfg.train.eval_every:
         raise ConfigError("algo.reference_ratchet_on_eval needs train.eval_every > 0")
     if not 0 < cfg.rollout.top_p <= 1:
@@ -386,6 +401,31 @@ def validate_config(cfg: Config) -> None:
         if unknown:
             raise ConfigError(f"reward.components[{i}] has unknown key(s) {sorted(unknown)}; "
                               f"valid: name, weight, options, label")
+
+
+def reference_users(cfg: Config) -> list[str]:
+    """The config keys whose setting needs a frozen reference model (empty: none is loaded)."""
+    from .algos import CREDITS
+    users = []
+    if cfg.algo.kl_beta > 0:
+        users.append(f"algo.kl_beta={cfg.algo.kl_beta}")
+    credit = CREDITS.get(cfg.algo.credit)
+    if set(getattr(credit, "needs", ())) & {"ref_logprobs", "divergence"}:
+        users.append(f"algo.credit={cfg.algo.credit}")
+    return users
+
+
+def _check_reference(cfg: Config) -> None:
+    users = reference_users(cfg)
+    ratchet = cfg.algo.reference_ratchet_every or cfg.algo.reference_ratchet_on_eval
+    if cfg.model.reference == "none" and users:
+        raise ConfigError(f"{' and '.join(users)} needs a frozen reference model, but "
+                          "model.reference=none; set model.reference=initial (a copy of the "
+                          "starting policy) or to a model sharing the policy's tokenizer")
+    if ratchet and not users:
+        raise ConfigError("algo.reference_ratchet_* replaces a reference model that nothing "
+                          "uses: set algo.kl_beta > 0 or a credit that reads the reference "
+                          "(owpo, divergence)")
 
 
 def _dry_run_algorithms(cfg: Config) -> None:

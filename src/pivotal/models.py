@@ -12,6 +12,8 @@ Model specs:
 
 from __future__ import annotations
 
+import hashlib
+
 import importlib.util
 import logging
 import os
@@ -167,6 +169,14 @@ def load_model(spec: str = BUILTIN_DEFAULT, device: str = "cpu", dtype: str = "f
     model.to(resolve_device(device))
     model.eval()
     return model, tokenizer
+
+
+def tokenizer_fingerprint(tokenizer) -> str:
+    """A short hash of the vocabulary (token string -> id): equal iff two tokenizers map text to
+    the same ids, which is what comparing two models token by token requires."""
+    vocab = sorted(tokenizer.get_vocab().items(), key=lambda kv: kv[1])
+    digest = hashlib.sha256("\n".join(f"{i}\t{t}" for t, i in vocab).encode("utf-8"))
+    return digest.hexdigest()[:16]
 
 
 def eos_token_ids(model, tokenizer) -> list[int]:

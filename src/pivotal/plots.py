@@ -2,7 +2,7 @@
 
 `plot_run(output_dir)` reads `<output_dir>/metrics.jsonl` (and `summary.json` when present) and
 writes `<output_dir>/curves.png`: reward/accuracy, response length, entropy, clip fractions,
-gradient norm, and the per-step time split.
+gradient norm, the per-step time split, and the live shift monitor's fractions when it was on.
 """
 
 from __future__ import annotations
@@ -32,8 +32,15 @@ def plot_run(output_dir: str | Path, out: str | Path | None = None) -> Path:
     if not rows:
         raise ValueError(f"{output_dir / 'metrics.jsonl'} has no training steps to plot")
     steps = [r["step"] for r in rows]
-    fig, axes = plt.subplots(2, 3, figsize=(14, 7.5))
-    for ax, (title, keys) in zip(axes.flat, PANELS):
+    panels = list(PANELS)
+    shift_keys = [k for k in rows[0] if k.startswith("shift_frac_")]
+    if shift_keys:  # the live shift monitor was on
+        panels.append(("tokens changed since the initial policy (|Δlog p| > τ)", shift_keys))
+    n_rows = -(-len(panels) // 3)
+    fig, axes = plt.subplots(n_rows, 3, figsize=(14, 3.75 * n_rows))
+    for ax in axes.flat[len(panels):]:
+        ax.set_visible(False)
+    for ax, (title, keys) in zip(axes.flat, panels):
         for key in keys:
             if key in rows[0]:
                 ax.plot(steps, [r.get(key) for r in rows], label=key, marker=".", linewidth=1)

@@ -30,15 +30,16 @@ from .algos import (ADVANTAGES, AGGREGATIONS, CREDITS, KL_ESTIMATORS, LOSSES, dy
 from .algos.labels import (agreement, corrective_advantage_gap, majority_labels,
                            pseudo_label_accuracy, select_by_budget)
 from .batch import RolloutBatch
-from .config import Config, save_config, validate_config
+from .config import Config, reference_users, save_config, validate_config
 from .divergence import response_divergences
 from .evaluate import evaluate
 from .logprobs import policy_logprobs, trim_padding
 from .metrics import MetricsLogger
-from .models import load_model
+from .models import load_model, tokenizer_fingerprint
 from .plots import plot_run
 from .rewards import RewardScorer, extracted
 from .rollout import SamplingParams, TransformersEngine
+from .shift_monitor import monitored_rows, shift_metrics
 from .tasks import build_task, format_prompt
 
 log = logging.getLogger("pivotal.trainer")
@@ -69,13 +70,14 @@ class Trainer:
         if cfg.model.gradient_checkpointing:
             self.model.gradient_checkpointing_enable()
         # beta = 0 loads no reference model (saves its memory and forward passes), unless the
-        # credit method reads reference log-probs (e.g. OWPO); it is the initial policy, frozen
-        self.ref_model = None
+        # credit method reads reference log-probs (e.g. OWPO); by default the initial policy
         self._credit = CREDITS.get(cfg.algo.credit)
         self._credit_needs = set(getattr(self._credit, "needs", ()))
-        needs_reference = bool(self._credit_needs & {"ref_logprobs", "divergence"})
-        if cfg.algo.kl_beta > 0 or needs_reference:
-            self.ref_model = copy.deepcopy(self.model).eval().requires_grad_(False)
+        self.ref_model = self._load_reference() if reference_users(cfg) else None
+        self.initial_model = None  # the shift monitor's frozen initial policy
+        if cfg.train.shift_monitor:
+            self.initial_model = self.ref_model if self._reference_is_initial() else \
+                copy.deepcopy(self.model).eval().requires_grad_(False)
         self.engine = TransformersEngine(self.model, self.tokenizer)
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=cfg.optim.lr,
                                            betas=tuple(cfg.optim.betas),
@@ -250,6 +252,8 @@ class Trainer:
                 batch.rewards = batch.rewards - kl_reward_penalty(
                     batch.old_logprobs, batch.ref_logprobs, batch.response_mask,
                     coef=cfg.algo.kl_beta)
+        if self.initial_model is not None:
+            metrics.update(self._shift_metrics(batch))
         if "divergence" in self._credit_needs:  # per-token divergence: old policy vs frozen base
             kind = cfg.algo.credit_options.get("kind", "js")
             batch.extras["divergence"] = self._divergences(batch)[kind]
@@ -350,6 +354,40 @@ class Trainer:
         metrics["entropy"] = ((entropy.detach() * mask).sum() / mask.sum().clamp(min=1)).item()
         metrics["credit_mean"] = ((multiplier * mask).sum() / mask.sum().clamp(min=1)).item()
         return metrics
+
+    def _reference_is_initial(self) -> bool:
+        """The frozen reference is the initial policy and stays it (no ratchet)."""
+        return self.ref_model is not None and self.cfg.model.reference == "initial" \
+            and not self._ratchets()
+
+    def _shift_metrics(self, batch: RolloutBatch) -> dict:
+        """The live shift monitor (`pivotal.shift_monitor`): |Δlog p| of the sampled tokens
+        between the sampling policy and the initial policy, on a few responses."""
+        t0 = time.perf_counter()
+        if self.initial_model is self.ref_model and batch.ref_logprobs is not None:
+            sub, initial_lp = batch, batch.ref_logprobs  # already computed: free
+        else:
+            sub = batch.select(monitored_rows(batch.size, self.cfg.train.shift_monitor_rows))
+            initial_lp = self._logprobs_no_grad(self.initial_model, sub)
+        mask = sub.response_mask
+        T = min(initial_lp.shape[1], mask.shape[1])
+        dlogp = sub.old_logprobs[:, :T].cpu() - initial_lp[:, :T].cpu()
+        out = shift_metrics(dlogp, mask[:, :T].cpu(), self.cfg.train.shift_thresholds)
+        out["time_shift_monitor"] = time.perf_counter() - t0
+        return out
+
+    def _load_reference(self):
+        """The frozen reference: a copy of the initial policy, or the model `model.reference`."""
+        spec = self.cfg.model.reference
+        if spec == "initial":
+            return copy.deepcopy(self.model).eval().requires_grad_(False)
+        ref, ref_tokenizer = load_model(spec, self.cfg.model.device, self.cfg.model.dtype,
+                                        self.cfg.model.cache_dir)
+        if tokenizer_fingerprint(ref_tokenizer) != tokenizer_fingerprint(self.tokenizer):
+            raise ValueError(f"model.reference '{spec}' has a different tokenizer from the policy "
+                             f"'{self.cfg.model.name}': per-token reference log-probs need one "
+                             "shared vocabulary")
+        return ref.eval().requires_grad_(False)
 
     def ratchet_reference(self) -> int:
         """Make the frozen reference the current policy (OWPO's ratchet). Returns 1 if done.
@@ -492,7 +530,10 @@ def _fmt_step(step: int, total: int, m: dict) -> str:
         return f"step {step}/{total} | skipped (all groups agree) | reward {m['reward']:.3f}"
     labels = (f" | labels {m['labels_queried']} (total {m['labels_queried_total']}) pseudo-acc "
               f"{m['pseudo_label_accuracy']:.2f}" if "labels_queried" in m else "")
-    return (f"step {step}/{total} | reward {m['reward']:.3f} acc {m['accuracy']:.3f}{labels} "
+    shift_keys = [k for k in m if k.startswith("shift_frac_")]  # the live shift monitor
+    shift = (f" | shifted(|Δlogp|>{shift_keys[0][len('shift_frac_'):]}) {m[shift_keys[0]]:.3f}"
+             if shift_keys else "")
+    return (f"step {step}/{total} | reward {m['reward']:.3f} acc {m['accuracy']:.3f}{labels}{shift} "
             f"| len {m['response_length']:.1f} trunc {m['truncation_rate']:.2f} "
             f"| ent {m.get('entropy', math.nan):.3f} clip {m.get('clip_frac_low', 0):.3f}/"
             f"{m.get('clip_frac_high', 0):.3f} gnorm {m.get('grad_norm', math.nan):.3f} "

@@ -238,7 +238,8 @@ DIVERGENCE_NORMALISERS = ("mean", "max", "none")
 
 @register_credit("divergence")
 def divergence_credit(batch: RolloutBatch, logprobs: Tensor | None, *, alpha: float = 1.0,
-                      normaliser: str = "mean", eps: float = 1e-8, kind: str = "js") -> Tensor:
+                      normaliser: str = "mean", eps: float = 1e-8, kind: str = "js",
+                      max_weight: float | None = None) -> Tensor:
     """Divergence-weighted advantage ("Sparse but Critical") [reconstruction].
 
         D          = batch.extras["divergence"][:, :T]     per-token divergence vs a frozen base
@@ -246,6 +247,7 @@ def divergence_credit(batch: RolloutBatch, logprobs: Tensor | None, *, alpha: fl
                                                             over this batch's valid tokens;
                                                             "max": their max
                    = 1 + alpha * D                          normaliser "none"
+        multiplier = min(multiplier, max_weight)            if max_weight is given (our option)
 
     Tokens where the policy's next-token distribution has moved furthest from the base model's
     (the sparse "critical" positions) get the largest weight. D is stored by the trainer, (B, T')
@@ -253,6 +255,10 @@ def divergence_credit(batch: RolloutBatch, logprobs: Tensor | None, *, alpha: fl
     "js", "kl_policy_base", "kl_base_policy") is only validated here; the trainer reads it from the
     options to decide which divergence of `pivotal.divergence.response_divergences` to store.
     "mean"/"max" are taken over the batch this function is given (a mini-batch in training).
+    Why `max_weight`: D / mean(D) does not depend on the scale of D, so right after the first
+    update, when the policy has barely moved, the few positions that moved at all already get
+    weights of 1 + alpha * max(D) / mean(D) (tens, in our runs); a cap bounds that. None (the
+    default) is the formula as METHODS.md gives it.
 
     Returns (B, T) with no gradient, 1 on padding; `logprobs` is not used.
     """
@@ -263,6 +269,9 @@ def divergence_credit(batch: RolloutBatch, logprobs: Tensor | None, *, alpha: fl
                          f"got {normaliser!r}")
     if eps < 0:
         raise ValueError(f"divergence: eps must be >= 0, got {eps}")
+    if max_weight is not None and max_weight < 1:
+        raise ValueError(f"divergence: max_weight must be >= 1 (weights start at 1), got "
+                         f"{max_weight}")
     extras = batch.extras or {}
     if "divergence" not in extras or extras["divergence"] is None:
         raise ValueError("credit 'divergence' needs per-token divergences against a base model in "
@@ -290,6 +299,8 @@ def divergence_credit(batch: RolloutBatch, logprobs: Tensor | None, *, alpha: fl
             denom = float(norm) + eps
             scale = 1.0 / denom if denom > 0 else 0.0  # all-zero D with eps = 0: weight 1
         w = 1.0 + alpha * D * scale
+        if max_weight is not None:
+            w = w.clamp(max=max_weight)
         return torch.where(valid, w, torch.ones_like(w))
 
 

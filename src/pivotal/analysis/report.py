@@ -1,0 +1,838 @@
+"""`pivotal report`: one self-contained HTML page of a `pivotal analyze` output directory.
+
+    html = render_report("runs/analyze", cross_sampling_path="runs/cs/cross_sampling.json")
+    write_report("runs/analyze")            # -> runs/analyze/report.html
+
+What the page shows (every number comes from the files `pivotal analyze` / `pivotal cross-sample`
+write; the schemas are in `pivotal.analysis.shift` and `pivotal.analysis.decoding`):
+
+- the header: base and rl models, responses, tokens, accuracy, the shifted fraction and what
+  "shifted" means (summary.json "shift_definition");
+- sparsity curves: the fraction of positions whose JS / |Δlog p| is at least each threshold
+  ("Sparse but Critical": only a small fraction of positions shift; details [reconstruction]);
+- where the shifted positions sit in the response (relative position, all vs shifted tokens);
+- shift against the base model's entropy (mean JS and shifted fraction per entropy bin);
+- cross-sampling (optional file): greedy accuracy against the realised replacement budget, one
+  line per selection criterion, one panel per direction ("Sparse but Critical" cross-sampling and
+  the Δlog p paper's selective token replacement; see ../shared/METHODS.md);
+- a token view of the first responses, each token coloured by Δlog p = log p_rl - log p_base
+  (red: rl finds it less likely, blue: more likely) or by JS, with a tooltip of both models' top-5;
+- the tokens with the most negative / positive mean Δlog p and the most often shifted tokens.
+
+The page needs nothing from the network: plots are inline SVG from matplotlib's SVG backend, CSS
+and JavaScript are inline. Its size is bounded: at most `max_responses` responses (and
+MAX_TOKENS_PER_RESPONSE tokens each) carry per-token hover data; tokens.parquet is read only for
+those responses. Open it with `?hover=N` to pin the tooltip of token N (for screenshots) and
+`?color=js` to start coloured by JS.
+"""
+
+from __future__ import annotations
+
+import functools
+import html
+import io
+import json
+import math
+import os
+import re
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+MAX_TOKENS_PER_RESPONSE = 1024   # tokens of one response shown in the token view
+MAX_PROMPT_CHARS = 2000          # characters of a prompt shown (the tail: the question is last)
+TOP_N = 5                        # alternatives per model in the tooltip
+
+# columns of tokens.parquet the report reads (the shared spec's columns, minus the unused ones)
+TOKEN_COLUMNS = ("response", "position", "token", "js", "entropy_base", "entropy_rl", "logp_base",
+                 "logp_rl", "dlogp", "rank_base", "rank_rl", "top_base_tokens", "top_rl_tokens",
+                 "top_base_probs", "top_rl_probs")
+SUMMARY_KEYS = ("base", "rl", "n_responses", "n_tokens")
+CROSS_KEYS = ("accuracy_base", "accuracy_rl", "points")
+POINT_KEYS = ("direction", "criterion", "budget", "accuracy")
+COLOR_BY = ("dlogp", "js")
+
+# colour scales. Endpoints are mid-saturation so black token text stays legible on them.
+WHITE = (255, 255, 255)
+RED = (214, 72, 62)      # Δlog p < 0: rl finds the token less likely
+BLUE = (52, 128, 196)    # Δlog p > 0: rl finds it more likely
+PURPLE = (136, 98, 190)  # JS, sequential
+MISSING = "#dddddd"      # a non-finite statistic
+RED_HEX, BLUE_HEX, PURPLE_HEX = (f"#{r:02x}{g:02x}{b:02x}" for r, g, b in (RED, BLUE, PURPLE))
+CRITERION_COLORS = {"dlogp": "#2166ac", "divergence": "#e08214", "entropy": "#1b9e77",
+                    "random": "#7f7f7f"}
+DIRECTION_TITLES = {"forward": "forward: base decodes, rl's token at chosen positions",
+                    "reverse": "reverse: rl decodes, base's token at chosen positions"}
+
+WRITTEN_BY_ANALYZE = "it is written by `pivotal analyze --out DIR`"
+WRITTEN_BY_CROSS = "it is written by `pivotal cross-sample --out DIR`"
+
+
+# ----------------------------------------------------------------------------------------------
+# Reading the inputs (clear errors naming the file at fault)
+# ----------------------------------------------------------------------------------------------
+
+def load_summary(analysis_dir: str | Path) -> dict:
+    """summary.json of an analysis directory; FileNotFoundError naming the path (and who writes
+    it) when the directory or the file is missing, ValueError when a required key is missing."""
+    analysis_dir = Path(analysis_dir)
+    if not analysis_dir.is_dir():
+        raise FileNotFoundError(f"analysis directory {analysis_dir} does not exist: "
+                                f"{WRITTEN_BY_ANALYZE}")
+    path = analysis_dir / "summary.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found: {WRITTEN_BY_ANALYZE}")
+    try:
+        summary = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path} is not valid JSON ({e})") from None
+    missing = [k for k in SUMMARY_KEYS if k not in summary]
+    if missing:
+        raise ValueError(f"{path} lacks key(s) {', '.join(missing)}: {WRITTEN_BY_ANALYZE}")
+    return summary
+
+
+def load_responses(analysis_dir: str | Path) -> list[dict] | None:
+    """The responses.jsonl records in file order, or None when the file is absent (the token view
+    then has no prompts and no correctness); ValueError naming the line of a malformed record."""
+    path = Path(analysis_dir) / "responses.jsonl"
+    if not path.is_file():
+        return None
+    records = []
+    with open(path) as f:
+        for n, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{path} line {n} is not valid JSON ({e})") from None
+            if "response" not in record:
+                raise ValueError(f"{path} line {n} has no 'response' (index) field")
+            records.append(record)
+    return records
+
+
+def load_tokens(analysis_dir: str | Path, responses: list[int]):
+    """The rows of tokens.parquet of the given response indices (pandas DataFrame sorted by
+    response, position); only those rows are read, so a large table costs little memory."""
+    import pandas as pd
+    import pyarrow.parquet as pq
+
+    path = Path(analysis_dir) / "tokens.parquet"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found: {WRITTEN_BY_ANALYZE}")
+    names = set(pq.read_schema(path).names)
+    missing = [c for c in TOKEN_COLUMNS if c not in names]
+    if missing:
+        raise ValueError(f"{path} lacks column(s) {', '.join(missing)}: {WRITTEN_BY_ANALYZE}")
+    if not responses:
+        return pd.DataFrame(columns=list(TOKEN_COLUMNS))
+    df = pd.read_parquet(path, columns=list(TOKEN_COLUMNS),
+                         filters=[("response", "in", [int(r) for r in responses])])
+    return df.sort_values(["response", "position"], kind="stable").reset_index(drop=True)
+
+
+def load_cross_sampling(path: str | Path) -> dict:
+    """cross_sampling.json, checked: top-level keys accuracy_base, accuracy_rl, points and, in
+    every point, direction, criterion, budget, accuracy (ValueError naming the key and point)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found: {WRITTEN_BY_CROSS}")
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path} is not valid JSON ({e})") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{path} is not a JSON object: {WRITTEN_BY_CROSS}")
+    missing = [k for k in CROSS_KEYS if k not in data]
+    if missing:
+        raise ValueError(f"{path} lacks required key(s) {', '.join(missing)}: {WRITTEN_BY_CROSS}")
+    if not isinstance(data["points"], list):
+        raise ValueError(f"{path}: 'points' must be a list")
+    for i, point in enumerate(data["points"]):
+        lacking = [k for k in POINT_KEYS if k not in point]
+        if lacking:
+            raise ValueError(f"{path}: points[{i}] lacks required key(s) {', '.join(lacking)}")
+    return data
+
+
+# ----------------------------------------------------------------------------------------------
+# Small pure helpers: numbers, colours, token text
+# ----------------------------------------------------------------------------------------------
+
+def _finite(x) -> float | None:
+    """float(x), or None for None / NaN / inf (JSON has no inf; the page shows 'n/a')."""
+    if x is None:
+        return None
+    x = float(x)
+    return x if math.isfinite(x) else None
+
+
+def _num(x, digits: int = 4) -> float | None:
+    """x rounded to `digits` significant digits (keeps the embedded hover data small)."""
+    x = _finite(x)
+    return None if x is None else float(f"{x:.{digits}g}")
+
+
+def _lerp(a: tuple, b: tuple, t: float) -> str:
+    """Hex colour a + t (b - a), t in [0, 1]."""
+    return "#" + "".join(f"{round(ca + t * (cb - ca)):02x}" for ca, cb in zip(a, b))
+
+
+def dlogp_color(dlogp, vmax: float) -> str:
+    """Diverging colour of a Δlog p: white at 0, RED at <= -vmax, BLUE at >= +vmax, linear between
+    (so blue minus red is monotone in Δlog p). Non-finite -> MISSING."""
+    d = _finite(dlogp)
+    if d is None:
+        return MISSING
+    t = max(-1.0, min(1.0, d / vmax))
+    return _lerp(WHITE, RED, -t) if t < 0 else _lerp(WHITE, BLUE, t)
+
+
+def js_color(js, vmax: float) -> str:
+    """Sequential colour of a JS divergence: white at 0, PURPLE at >= vmax."""
+    j = _finite(js)
+    if j is None:
+        return MISSING
+    return _lerp(WHITE, PURPLE, max(0.0, min(1.0, j / vmax)))
+
+
+def color_scale(values, floor: float, cap: float) -> float:
+    """The saturation point of a colour scale: the 99th percentile of |values| clipped to
+    [floor, cap], so a few extreme tokens do not wash out the rest."""
+    v = np.abs(np.asarray([x for x in values if _finite(x) is not None], dtype=np.float64))
+    top = float(np.quantile(v, 0.99)) if len(v) else floor
+    return max(floor, min(cap, top))
+
+
+_WS = {" ": "·", "\n": "↵", "\t": "⇥", "\r": "␍"}
+
+
+def visible_token(text: str) -> str:
+    """HTML of a token's text: escaped, with spaces / tabs / newlines drawn as faint · ⇥ ↵ (a
+    newline also breaks the line, so the response keeps its layout); the empty token shows ∅."""
+    if text == "":
+        return '<i class="ws">∅</i>'
+    out = []
+    for piece in re.split(r"([ \t\r\n])", text):
+        if piece in _WS:
+            out.append(f'<i class="ws">{_WS[piece]}</i>' + ("<br>" if piece == "\n" else ""))
+        elif piece:
+            out.append(html.escape(piece))
+    return "".join(out)
+
+
+def _pct(x, digits: int = 1) -> str:
+    x = _finite(x)
+    return "n/a" if x is None else f"{100 * x:.{digits}f}%"
+
+
+def _fmt(x, digits: int = 3) -> str:
+    x = _finite(x)
+    return "n/a" if x is None else f"{x:.{digits}f}"
+
+
+def _json_for_script(value) -> str:
+    """JSON safe inside <script>: '<', '>' and '&' escaped, so token text like '</script>' cannot
+    end the element."""
+    text = json.dumps(value, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+    return text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
+
+
+# ----------------------------------------------------------------------------------------------
+# Plots: matplotlib figures -> inline SVG
+# ----------------------------------------------------------------------------------------------
+
+# svg.fonttype none: text stays <text> (small, selectable, drawn in the page's own fonts)
+PLOT_STYLE = {"svg.fonttype": "none", "font.size": 9, "axes.titlesize": 9.5,
+              "axes.spines.top": False, "axes.spines.right": False, "font.family": "sans-serif",
+              "svg.hashsalt": "pivotal-report"}
+
+
+def _styled(plot):
+    """Run a plot function under PLOT_STYLE without touching the caller's matplotlib settings."""
+    @functools.wraps(plot)
+    def wrapper(*args, **kwargs):
+        import matplotlib
+        matplotlib.use("Agg")
+        with matplotlib.rc_context(PLOT_STYLE):
+            return plot(*args, **kwargs)
+    return wrapper
+
+
+def _figure(width: float, height: float, ncols: int = 1):
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, ncols, figsize=(width, height), squeeze=False)
+    return fig, list(axes[0])
+
+
+def svg_of(fig, prefix: str, layout: bool = True) -> str:
+    """The figure as an inline <svg> element: no XML prolog, no fixed size (it scales with its
+    container through the viewBox), and every id prefixed so several plots can share one page.
+    layout=False: the caller has already laid the figure out."""
+    import matplotlib.pyplot as plt
+
+    buf = io.StringIO()
+    if layout:
+        fig.tight_layout()
+    fig.savefig(buf, format="svg", metadata={"Date": None, "Creator": None})
+    plt.close(fig)
+    svg = buf.getvalue()
+    svg = svg[svg.index("<svg"):]
+    svg = re.sub(r"<metadata>.*?</metadata>", "", svg, flags=re.DOTALL)
+    svg = re.sub(r'<svg [^>]*?(viewBox="[^"]*")[^>]*>',
+                 lambda m: f'<svg xmlns="http://www.w3.org/2000/svg" '
+                           f'xmlns:xlink="http://www.w3.org/1999/xlink" {m.group(1)} '
+                           f'class="plot" role="img">', svg, count=1)
+    svg = re.sub(r'\bid="([^"]+)"', rf'id="{prefix}-\1"', svg)
+    svg = re.sub(r"url\(#([^)]+)\)", rf"url(#{prefix}-\1)", svg)
+    svg = re.sub(r'href="#([^"]+)"', rf'href="#{prefix}-\1"', svg)
+    return svg
+
+
+def _log_axis(ax, values) -> None:
+    """Log x when every threshold is positive, else symlog (a threshold of 0 has no log)."""
+    positive = [v for v in values if v > 0]
+    if positive and len(positive) == len(values):
+        ax.set_xscale("log")
+    elif positive:
+        ax.set_xscale("symlog", linthresh=min(positive))
+
+
+@_styled
+def plot_sparsity(summary: dict) -> str:
+    """SVG: fraction of positions at or above each threshold, for JS and |Δlog p|, the shift
+    threshold marked."""
+    sparsity = summary.get("sparsity") or {}
+    shift = summary.get("shift_definition") or {}
+    fig, axes = _figure(7.2, 2.7, ncols=2)
+    for ax, key, label in zip(axes, ("js", "abs_dlogp"), ("JS divergence", "|Δlog p| (nats)")):
+        pts = [(p["threshold"], p["fraction"]) for p in sparsity.get(key, [])
+               if _finite(p.get("fraction")) is not None]
+        if not pts:
+            ax.text(0.5, 0.5, f"no {key} sparsity in summary.json", ha="center",
+                    transform=ax.transAxes)
+            continue
+        xs, ys = zip(*sorted(pts))
+        ax.plot(xs, ys, marker="o", color="#444444" if key == "js" else BLUE_HEX, linewidth=1.5)
+        _log_axis(ax, xs)
+        ax.set_yscale("log" if min(ys) > 0 else "linear")
+        if shift.get("metric") == key:
+            ax.axvline(shift["threshold"], color=RED_HEX, linestyle="--", linewidth=1,
+                       label=f"shift threshold {shift['threshold']:g}")
+            ax.legend(fontsize=8, frameon=False)
+        for x, y in zip(xs, ys):
+            if y <= 0:  # "0%" labels pile up at the tail
+                continue
+            ax.annotate(f"{100 * y:.2g}%", (x, y), textcoords="offset points", xytext=(3, 4),
+                        fontsize=7, color="#555555")
+        ax.set_xlabel(f"threshold on {label}")
+        ax.set_ylabel("fraction of positions ≥ threshold")
+        ax.set_title(f"positions with {label} ≥ threshold")
+        ax.grid(alpha=0.3, which="both")
+    return svg_of(fig, "sparsity")
+
+
+@_styled
+def plot_positions(summary: dict) -> str:
+    """SVG: share of all tokens vs of shifted tokens in each relative-position bin (each series
+    sums to 1), with the shifted rate per bin on a second axis."""
+    hist = summary.get("position_histogram") or {}
+    edges = np.asarray(hist.get("bin_edges") or [], dtype=float)
+    all_, shifted = (np.asarray(hist.get(k) or [], dtype=float) for k in ("all", "shifted"))
+    fig, (ax,) = _figure(7.2, 2.7)
+    if len(edges) < 2 or len(all_) != len(edges) - 1 or len(shifted) != len(all_):
+        ax.text(0.5, 0.5, "no position histogram in summary.json", ha="center",
+                transform=ax.transAxes)
+        return svg_of(fig, "positions")
+    centers, width = (edges[:-1] + edges[1:]) / 2, np.diff(edges)
+    ax.bar(centers - width / 5, all_ / max(all_.sum(), 1), width=width * 0.4, color="#bbbbbb",
+           label=f"all tokens ({int(all_.sum())})")
+    ax.bar(centers + width / 5, shifted / max(shifted.sum(), 1), width=width * 0.4,
+           color=RED_HEX, label=f"shifted tokens ({int(shifted.sum())})")
+    rate = np.divide(shifted, all_, out=np.zeros_like(shifted), where=all_ > 0)
+    twin = ax.twinx()
+    twin.plot(centers, rate, color="#222222", marker=".", linewidth=1, label="shifted rate")
+    twin.set_ylabel("shifted / all in bin")
+    twin.set_ylim(bottom=0)
+    twin.spines["top"].set_visible(False)
+    ax.set_xlabel("relative position in the response (0 = first token, 1 = last)")
+    ax.set_ylabel("share of the series")
+    ax.set_xlim(edges[0], edges[-1])
+    ax.set_title("where the shifted tokens sit")
+    handles = ax.get_legend_handles_labels()
+    twin_handles = twin.get_legend_handles_labels()
+    ax.legend(handles[0] + twin_handles[0], handles[1] + twin_handles[1], fontsize=8,
+              frameon=False, loc="upper center", ncol=3)
+    ax.set_ylim(top=ax.get_ylim()[1] * 1.2)  # room for the legend
+    ax.grid(alpha=0.3, axis="y")
+    return svg_of(fig, "positions")
+
+
+@_styled
+def plot_entropy(summary: dict, width: float = 7.2) -> str:
+    """SVG: mean JS (bars) and shifted fraction (line) per base-entropy bin, counts on the bars;
+    `width` in inches (the plot spans the page when no cross-sampling panel sits beside it)."""
+    bins = summary.get("divergence_by_entropy") or []
+    fig, (ax,) = _figure(width, 2.7)
+    if not bins:
+        ax.text(0.5, 0.5, "no entropy bins in summary.json", ha="center", transform=ax.transAxes)
+        return svg_of(fig, "entropy")
+    x = np.arange(len(bins))
+    mean_js = [_finite(b.get("mean_js")) or 0.0 for b in bins]
+    bars = ax.bar(x, mean_js, color=PURPLE_HEX, width=0.6, label="mean JS")
+    for bar, b in zip(bars, bins):
+        ax.annotate(f"n={b.get('count', 0)}", (bar.get_x() + bar.get_width() / 2,
+                    bar.get_height()), textcoords="offset points", xytext=(0, 2), ha="center",
+                    fontsize=7, color="#555555")
+    twin = ax.twinx()
+    twin.plot(x, [_finite(b.get("shifted_fraction")) or 0.0 for b in bins], color=RED_HEX,
+              marker="o", linewidth=1.5, label="shifted fraction")
+    twin.set_ylim(bottom=0)
+    twin.set_ylabel("shifted fraction", color=RED_HEX)
+    twin.spines["top"].set_visible(False)
+    ax.set_xticks(x, [f"[{b['entropy_low']:g}, {b['entropy_high']:.3g})" for b in bins],
+                  fontsize=8)
+    ax.set_xlabel("base model entropy at the position (nats)")
+    ax.set_ylabel("mean JS", color=PURPLE_HEX)
+    ax.set_ylim(top=ax.get_ylim()[1] * 1.15)
+    ax.set_title("shift against the base model's uncertainty")
+    h1, l1 = ax.get_legend_handles_labels()
+    h2, l2 = twin.get_legend_handles_labels()
+    ax.legend(h1 + h2, l1 + l2, fontsize=8, frameon=False, loc="upper left")
+    ax.grid(alpha=0.3, axis="y")
+    return svg_of(fig, "entropy")
+
+
+@_styled
+def plot_cross_sampling(cross: dict) -> str:
+    """SVG: accuracy against realised budget, one panel per direction, one line per criterion,
+    base and rl accuracy as horizontal lines."""
+    directions = [d for d in ("forward", "reverse") if any(p["direction"] == d
+                                                           for p in cross["points"])]
+    directions += sorted({p["direction"] for p in cross["points"]} - set(directions))
+    directions = directions or ["forward"]
+    fig, axes = _figure(7.2 if len(directions) > 1 else 4.8, 2.9, ncols=len(directions))
+    criteria = list(CRITERION_COLORS) + sorted({p["criterion"] for p in cross["points"]}
+                                               - set(CRITERION_COLORS))
+    for ax, direction in zip(axes, directions):
+        for criterion in criteria:
+            pts = sorted((p["budget"], p["accuracy"]) for p in cross["points"]
+                         if p["direction"] == direction and p["criterion"] == criterion
+                         and _finite(p["budget"]) is not None
+                         and _finite(p["accuracy"]) is not None)
+            if pts:
+                ax.plot(*zip(*pts), marker="o", markersize=3.5, linewidth=1.5, label=criterion,
+                        color=CRITERION_COLORS.get(criterion))
+        for key, style, who in (("accuracy_base", "--", "base"), ("accuracy_rl", ":", "rl")):
+            acc = _finite(cross[key])
+            if acc is not None:
+                ax.axhline(acc, color="#555555" if who == "base" else "#000000", linestyle=style,
+                           linewidth=1, label=f"{who} alone ({acc:.2f})")
+        ax.set_title(DIRECTION_TITLES.get(direction, direction), fontsize=8.5)
+        ax.set_xlabel("realised budget (fraction of positions replaced)")
+        ax.set_ylabel("greedy accuracy")
+        ax.grid(alpha=0.3)
+    # one legend above the panels: inside a panel it would cover the curves
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, fontsize=7.5, frameon=False, loc="upper center",
+               ncol=min(len(labels), 6))
+    fig.tight_layout(rect=(0, 0, 1, 0.9))
+    return svg_of(fig, "cross", layout=False)
+
+
+# ----------------------------------------------------------------------------------------------
+# HTML pieces
+# ----------------------------------------------------------------------------------------------
+
+def _header(summary: dict, analysis_dir: Path, cross: dict | None) -> str:
+    shift = summary.get("shift_definition") or {"metric": "js", "threshold": 0.1}
+    metric = {"js": "JS(base, rl)", "abs_dlogp": "|Δlog p|"}.get(shift["metric"], shift["metric"])
+    cards = [("responses", f"{summary['n_responses']:,}"), ("tokens", f"{summary['n_tokens']:,}")]
+    if summary.get("accuracy") is not None:
+        cards.append(("accuracy of the responses", _pct(summary["accuracy"])))
+    cards.append(("shifted positions", _pct(summary.get("shifted_fraction"), 2)))
+    mass = summary.get("mass_moved") or {}
+    if _finite(mass.get("mean_topk_mass_base")) is not None:
+        moved = (f"{_fmt(mass['mean_topk_mass_base'])} → "
+                 f"{_fmt(mass.get('mean_topk_mass_rl_on_base_topk'))}")
+        cards.append(("base top-5 mass: base → rl", moved))
+    if cross is not None:
+        cards.append(("greedy accuracy base → rl (cross-sampling set)",
+                      f"{_pct(cross['accuracy_base'])} → {_pct(cross['accuracy_rl'])}"))
+    card_html = "".join(f'<div class="card"><div class="v">{html.escape(v)}</div>'
+                        f'<div class="k">{html.escape(k)}</div></div>' for k, v in cards)
+    source = summary.get("source")
+    return f"""<header>
+<h1>Where did RL change the policy?</h1>
+<p class="models"><span class="role">base</span> <code>{html.escape(str(summary['base']))}</code>
+ → <span class="role">rl</span> <code>{html.escape(str(summary['rl']))}</code></p>
+<div class="cards">{card_html}</div>
+<p class="def">A position is <b>shifted</b> when {html.escape(metric)} ≥ {shift['threshold']:g}
+between the two models' next-token distributions on the same prefix. Δlog p of a token y is
+log p<sub>rl</sub>(y | prefix) − log p<sub>base</sub>(y | prefix) (natural log).
+{f'Responses: {html.escape(str(source))}. ' if source else ''}Analysis directory:
+<code>{html.escape(str(analysis_dir))}</code>.</p>
+<nav><a href="#plots">plots</a> <a href="#token-view">token view</a>
+ <a href="#top-tokens">top tokens</a></nav>
+</header>"""
+
+
+def _plot_card(title: str, svg: str, caption: str, wide: bool = False) -> str:
+    return (f'<figure class="pcard{" wide" if wide else ""}"><figcaption><b>{title}</b> '
+            f'{caption}</figcaption>{svg}</figure>')
+
+
+def _plots(summary: dict, cross: dict | None) -> str:
+    shift = summary.get("shift_definition") or {}
+    cards = [
+        _plot_card("Sparsity.", plot_sparsity(summary),
+                   "Fraction of all response positions whose divergence is at least each "
+                   "threshold (log axes): few positions move."),
+        _plot_card("Position.", plot_positions(summary),
+                   f"Relative position of all tokens vs of shifted tokens "
+                   f"({html.escape(str(shift.get('metric', 'js')))} ≥ "
+                   f"{shift.get('threshold', 0.1):g}); each series is normalised to 1."),
+        _plot_card("Entropy.", plot_entropy(summary, 7.2 if cross is not None else 14.4),
+                   "Mean JS and shifted fraction by the base model's entropy at the position.",
+                   wide=cross is None),
+    ]
+    note = ""
+    if cross is not None:
+        cards.append(_plot_card(
+            "Cross-sampling.", plot_cross_sampling(cross),
+            f"Greedy accuracy on {cross.get('n_problems', '?')} problems when one model decodes "
+            "and the other supplies the token at positions a criterion selects, against the "
+            "realised fraction replaced."))
+    else:
+        note = ('<p class="note">Cross-sampling curves: not shown; pass <code>--cross-sampling '
+                'cross_sampling.json</code> (written by <code>pivotal cross-sample</code>).</p>')
+    return f'<section id="plots"><div class="grid">{"".join(cards)}</div>{note}</section>'
+
+
+def _token_tables(summary: dict) -> str:
+    by_dlogp = summary.get("top_tokens_by_dlogp") or []
+    by_count = summary.get("top_tokens_by_count") or []
+    vmax = color_scale([t.get("mean_dlogp") for t in by_dlogp], 0.5, 5.0)
+    rows_d = "".join(
+        f'<tr><td class="tk">{visible_token(str(t["token"]))}</td><td>{t.get("count", "")}</td>'
+        f'<td style="background:{dlogp_color(t.get("mean_dlogp"), vmax)}">'
+        f'{_fmt(t.get("mean_dlogp"))}</td></tr>' for t in by_dlogp)
+    rows_c = "".join(
+        f'<tr><td class="tk">{visible_token(str(t["token"]))}</td><td>{t.get("count", "")}</td>'
+        + (f'<td>{t["occurrences"]}</td><td>{_pct(t["count"] / t["occurrences"], 0)}</td>'
+           if t.get("occurrences") else '<td></td><td></td>') + '</tr>' for t in by_count)
+    empty = '<tr><td colspan="4" class="note">none in summary.json</td></tr>'
+    return f"""<section id="top-tokens"><h2>Top shifted tokens</h2><div class="tables">
+<table><caption>Most negative, then most positive mean Δlog p (tokens seen ≥ 3 times)</caption>
+<thead><tr><th>token</th><th>count</th><th>mean Δlog p</th></tr></thead>
+<tbody>{rows_d or empty}</tbody></table>
+<table><caption>Most often shifted tokens</caption>
+<thead><tr><th>token</th><th>times shifted</th><th>occurrences</th><th>rate</th></tr></thead>
+<tbody>{rows_c or empty}</tbody></table></div></section>"""
+
+
+def _hover_record(row) -> list:
+    """The per-token hover data: [token, logp_base, logp_rl, dlogp, js, rank_base, rank_rl,
+    entropy_base, entropy_rl, top_base_tokens, top_base_probs, top_rl_tokens, top_rl_probs]."""
+    def strings(v):
+        return [str(s) for s in list(v)[:TOP_N]] if v is not None else []
+
+    def probs(v):
+        return [_num(p, 3) for p in list(v)[:TOP_N]] if v is not None else []
+
+    def rank(v):
+        return None if v is None or _finite(v) is None else int(v)
+
+    return [str(row.token), _num(row.logp_base), _num(row.logp_rl), _num(row.dlogp), _num(row.js),
+            rank(row.rank_base), rank(row.rank_rl), _num(row.entropy_base, 3),
+            _num(row.entropy_rl, 3), strings(row.top_base_tokens), probs(row.top_base_probs),
+            strings(row.top_rl_tokens), probs(row.top_rl_probs)]
+
+
+def _token_view(records: list[dict], tokens, summary: dict, n_total: int,
+                color_by: str) -> tuple[str, list, dict]:
+    """(HTML of the token view, hover records in span order, colour scale maxima)."""
+    shift = summary.get("shift_definition") or {"metric": "js", "threshold": 0.1}
+    by_response = {int(r): g for r, g in tokens.groupby("response", sort=False)} if len(tokens) \
+        else {}
+    shown = [g.head(MAX_TOKENS_PER_RESPONSE) for g in by_response.values()]
+    dl = np.concatenate([g["dlogp"].to_numpy(dtype=float) for g in shown]) if shown else []
+    js = np.concatenate([g["js"].to_numpy(dtype=float) for g in shown]) if shown else []
+    vmax = {"dlogp": color_scale(dl, 0.5, 5.0), "js": color_scale(js, 0.05, math.log(2))}
+    hover: list = []
+    blocks = []
+    for record in records:
+        idx = int(record["response"])
+        group = by_response.get(idx)
+        correct = record.get("correct")
+        badge = {True: ('ok', '✓ correct'), False: ('bad', '✗ incorrect')}.get(
+            correct, ('unk', '? not judged'))
+        head = (f'<span class="badge {badge[0]}">{badge[1]}</span> response {idx}'
+                f' · problem <code>{html.escape(str(record.get("problem_id", "?")))}</code>')
+        if group is None or not len(group):
+            blocks.append(f'<article class="resp"><h3>{head}</h3><p class="note">no rows in '
+                          f'tokens.parquet for this response</p></article>')
+            continue
+        metric_values = group["js"].to_numpy(dtype=float) if shift["metric"] == "js" \
+            else np.abs(group["dlogp"].to_numpy(dtype=float))
+        n_shifted = int(np.nansum(metric_values >= shift["threshold"]))
+        head += (f' · {len(group)} tokens, {n_shifted} shifted'
+                 f' · mean Δlog p {_fmt(np.nanmean(group["dlogp"].to_numpy(dtype=float)))}')
+        spans = []
+        for row in group.head(MAX_TOKENS_PER_RESPONSE).itertuples(index=False):
+            i = len(hover)
+            hover.append(_hover_record(row))
+            spans.append(f'<span class="tok" data-i="{i}" style="--cd:'
+                         f'{dlogp_color(row.dlogp, vmax["dlogp"])};--cj:'
+                         f'{js_color(row.js, vmax["js"])}">{visible_token(str(row.token))}</span>')
+        more = len(group) - MAX_TOKENS_PER_RESPONSE
+        if more > 0:
+            spans.append(f'<span class="note"> … {more} more tokens not shown</span>')
+        prompt = str(record.get("prompt") or "")
+        if len(prompt) > MAX_PROMPT_CHARS:
+            prompt = "…" + prompt[-MAX_PROMPT_CHARS:]
+        prompt_html = (f'<details><summary>prompt</summary><pre>{html.escape(prompt)}</pre>'
+                       f'</details>') if prompt else ""
+        blocks.append(f'<article class="resp"><h3>{head}</h3>{prompt_html}'
+                      f'<div class="toks">{"".join(spans)}</div></article>')
+    checked = {c: " checked" if c == color_by else "" for c in COLOR_BY}
+    legend = (f'<div class="legend" data-for="dlogp"><span>Δlog p ≤ −{vmax["dlogp"]:.2g}<br>'
+              f'rl less likely</span><span class="bar" style="background:linear-gradient(90deg,'
+              f'{RED_HEX},#ffffff,{BLUE_HEX})"></span><span>≥ +{vmax["dlogp"]:.2g}<br>rl more '
+              f'likely</span></div><div class="legend" data-for="js"><span>JS 0</span>'
+              f'<span class="bar" style="background:linear-gradient(90deg,#ffffff,{PURPLE_HEX})">'
+              f'</span><span>≥ {vmax["js"]:.2g}</span></div>')
+    note = (f"the first {len(records)} of {n_total} responses" if n_total > len(records)
+            else f"all {len(records)} responses")
+    html_ = f"""<section id="token-view"><h2>Token view</h2>
+<div class="toolbar"><span>colour by</span>
+<label><input type="radio" name="colorby" value="dlogp"{checked['dlogp']}> Δlog p</label>
+<label><input type="radio" name="colorby" value="js"{checked['js']}> JS</label>{legend}</div>
+<p class="note" id="js-status">Showing {note}. (Hover details need JavaScript.)</p>
+{"".join(blocks) or '<p class="note">no responses</p>'}</section>"""
+    return html_, hover, vmax
+
+
+# The page. Placeholders are filled with str.replace (CSS and JS are full of braces).
+PAGE = """<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>pivotal report: __TITLE__</title>
+<style>
+:root { --fg:#1d1f23; --muted:#667085; --line:#e4e7ec; --bg:#f6f7f9; }
+* { box-sizing: border-box; }
+body { margin:0; background:var(--bg); color:var(--fg);
+  font:14px/1.45 system-ui,-apple-system,"Segoe UI",Roboto,"DejaVu Sans",sans-serif; }
+main { max-width:1240px; margin:0 auto; padding:18px 20px 40px; }
+h1 { font-size:22px; margin:0 0 4px; } h2 { font-size:17px; margin:26px 0 10px; }
+h3 { font-size:13px; font-weight:500; margin:0 0 6px; color:var(--muted); }
+code { font:12px ui-monospace,"DejaVu Sans Mono",Menlo,monospace; background:#eef0f3;
+  padding:1px 4px; border-radius:3px; }
+header .models { margin:0 0 10px; font-size:15px; }
+.role { font-weight:600; text-transform:uppercase; font-size:11px; letter-spacing:.05em;
+  color:var(--muted); }
+.cards { display:flex; flex-wrap:wrap; gap:10px; }
+.card { background:#fff; border:1px solid var(--line); border-radius:8px; padding:8px 14px;
+  min-width:130px; }
+.card .v { font-size:20px; font-weight:650; } .card .k { color:var(--muted); font-size:12px; }
+.def { color:var(--muted); font-size:12.5px; max-width:1000px; }
+nav a { margin-right:14px; color:#2463b0; text-decoration:none; font-size:13px; }
+.grid { display:grid; grid-template-columns:1fr 1fr; gap:14px; }
+.pcard { margin:0; background:#fff; border:1px solid var(--line); border-radius:8px;
+  padding:10px 12px; }
+.pcard.wide { grid-column:1 / -1; }
+figcaption { font-size:12.5px; color:var(--muted); margin-bottom:4px; }
+figcaption b { color:var(--fg); }
+svg.plot { width:100%; height:auto; display:block; }
+.tables { display:flex; gap:20px; flex-wrap:wrap; align-items:flex-start; }
+table { border-collapse:collapse; background:#fff; border:1px solid var(--line); font-size:13px; }
+caption { text-align:left; font-size:12.5px; color:var(--muted); padding:0 0 4px; }
+th, td { padding:3px 10px; border-bottom:1px solid var(--line); text-align:right; }
+th { background:#f0f2f5; font-weight:600; }
+td.tk { text-align:left; font-family:ui-monospace,"DejaVu Sans Mono",monospace; }
+.toolbar { display:flex; align-items:center; gap:14px; flex-wrap:wrap; background:#fff;
+  border:1px solid var(--line); border-radius:8px; padding:6px 12px; position:sticky; top:0;
+  z-index:5; }
+.legend { display:none; align-items:center; gap:8px; font-size:11px; color:var(--muted);
+  line-height:1.2; }
+.legend .bar { width:180px; height:12px; border:1px solid #ccc; border-radius:2px; }
+body.by-dlogp .legend[data-for=dlogp], body.by-js .legend[data-for=js] { display:flex; }
+.note { color:var(--muted); font-size:12.5px; }
+.resp { background:#fff; border:1px solid var(--line); border-radius:8px; padding:8px 12px;
+  margin:10px 0; }
+.badge { display:inline-block; border-radius:10px; padding:0 8px; font-size:11.5px;
+  font-weight:600; margin-right:6px; }
+.badge.ok { background:#dcf5e3; color:#1e7a3c; } .badge.bad { background:#fde2e1; color:#b42318; }
+.badge.unk { background:#eceff3; color:#667085; }
+details pre { white-space:pre-wrap; font-size:11.5px; background:#f6f7f9; padding:6px;
+  max-height:160px; overflow:auto; }
+summary { cursor:pointer; font-size:12px; color:var(--muted); }
+.toks { font:13.5px/1.9 ui-monospace,"DejaVu Sans Mono",Menlo,monospace; word-break:break-word; }
+.tok { border-radius:2px; padding:1px 0; cursor:default; }
+body.by-dlogp .tok { background:var(--cd); } body.by-js .tok { background:var(--cj); }
+.tok:hover, .tok.pin { outline:2px solid #111; }
+i.ws { color:#98a2b3; font-style:normal; }
+#tip { position:absolute; display:none; z-index:20; background:#fff; border:1px solid #98a2b3;
+  border-radius:8px; box-shadow:0 6px 24px rgba(16,24,40,.18); padding:8px 10px; font-size:12px;
+  width:380px; pointer-events:none; }
+#tip .tt { font:600 14px ui-monospace,"DejaVu Sans Mono",monospace; }
+#tip table { width:100%; border:0; font-size:11.5px; margin-top:4px; }
+#tip td, #tip th { padding:1px 4px; border:0; }
+#tip .cols { display:grid; grid-template-columns:1fr 1fr; gap:8px; margin-top:4px; }
+#tip .chosen td { font-weight:700; background:#fff6d6; }
+#tip td.t { text-align:left; font-family:ui-monospace,"DejaVu Sans Mono",monospace;
+  max-width:110px; overflow:hidden; text-overflow:ellipsis; white-space:nowrap; }
+#tip .pb { display:inline-block; height:7px; background:#98a2b3; vertical-align:middle; }
+footer { color:var(--muted); font-size:11.5px; margin-top:30px; }
+@media (max-width: 900px) { .grid { grid-template-columns:1fr; } }
+</style></head>
+<body class="by-__COLOR_BY__"><main>
+__HEADER__
+__PLOTS__
+__TOKEN_VIEW__
+__TABLES__
+<footer>Written by <code>pivotal report</code>. Self-contained: no network resources.
+Hover a token for both models' top-5; open with <code>?hover=N</code> to pin token N's tooltip,
+<code>?color=js</code> to colour by JS.</footer>
+</main>
+<div id="tip" role="tooltip"></div>
+<script type="application/json" id="token-data">__DATA__</script>
+<script>
+(function () {
+  "use strict";
+  var data = JSON.parse(document.getElementById("token-data").textContent);
+  var tip = document.getElementById("tip");
+  var pinned = null;
+  var WS = {" ": "\\u00b7", "\\n": "\\u21b5", "\\t": "\\u21e5", "\\r": "\\u240d"};
+  function esc(s) {
+    return String(s).replace(/[&<>"']/g, function (c) {
+      return {"&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;"}[c];
+    });
+  }
+  function vis(s) {
+    if (s === "") return "\\u2205";
+    return esc(s).replace(/[ \\n\\t\\r]/g, function (c) { return WS[c]; });
+  }
+  function num(x, d) { return x === null || x === undefined ? "n/a" : x.toFixed(d); }
+  function top(title, toks, probs, chosen) {
+    var rows = toks.map(function (t, k) {
+      var p = probs[k];
+      var w = p === null ? 0 : Math.round(60 * p);
+      return '<tr class="' + (t === chosen ? "chosen" : "") + '"><td class="t">' + vis(t) +
+        '</td><td>' + num(p, 3) + '</td><td style="text-align:left">' +
+        '<span class="pb" style="width:' + w + 'px"></span></td></tr>';
+    }).join("");
+    return '<div><b>' + title + '</b><table>' + rows + '</table></div>';
+  }
+  function show(el) {
+    var r = data[+el.dataset.i];
+    if (!r) return;
+    var d = r[3];
+    tip.innerHTML = '<div class="tt">' + vis(r[0]) + '</div>' +
+      '<div>\\u0394log p <b style="color:' + (d < 0 ? "#b42318" : "#1f5fa8") + '">' + num(d, 3) +
+      '</b> \\u00b7 JS ' + num(r[4], 4) + '</div>' +
+      '<div>log p base ' + num(r[1], 3) + ' (rank ' + (r[5] === null ? "n/a" : r[5]) +
+      ') \\u00b7 rl ' + num(r[2], 3) + ' (rank ' + (r[6] === null ? "n/a" : r[6]) + ')</div>' +
+      '<div>entropy base ' + num(r[7], 3) + ' \\u00b7 rl ' + num(r[8], 3) + '</div>' +
+      '<div class="cols">' + top("base top-5", r[9], r[10], r[0]) +
+      top("rl top-5", r[11], r[12], r[0]) + '</div>';
+    tip.style.display = "block";
+    var box = el.getBoundingClientRect();
+    var right = document.documentElement.clientWidth - tip.offsetWidth - 8;
+    var left = window.scrollX + Math.min(box.left, right);
+    tip.style.left = Math.max(4, left) + "px";
+    tip.style.top = (window.scrollY + box.bottom + 6) + "px";
+  }
+  document.addEventListener("mouseover", function (e) {
+    var el = e.target.closest ? e.target.closest(".tok") : null;
+    if (el) show(el); else if (pinned) show(pinned); else tip.style.display = "none";
+  });
+  function setColor(v) {
+    document.body.classList.toggle("by-dlogp", v === "dlogp");
+    document.body.classList.toggle("by-js", v === "js");
+    document.querySelectorAll('input[name=colorby]').forEach(function (inp) {
+      inp.checked = inp.value === v;
+    });
+  }
+  document.querySelectorAll('input[name=colorby]').forEach(function (inp) {
+    inp.addEventListener("change", function () { setColor(inp.value); });
+  });
+  var query = new URLSearchParams(window.location.search);
+  if (query.get("color") === "js" || query.get("color") === "dlogp") setColor(query.get("color"));
+  var n = document.querySelectorAll(".tok").length;
+  var status = document.getElementById("js-status");
+  status.textContent = status.textContent.replace(/ \\(Hover details need JavaScript\\.\\)/, "") +
+    " " + n + " tokens: hover one for both models' top-5 alternatives.";
+  if (query.has("hover")) {
+    pinned = document.querySelector('.tok[data-i="' + parseInt(query.get("hover"), 10) + '"]');
+    if (pinned) { pinned.classList.add("pin"); show(pinned); }
+  }
+  document.documentElement.setAttribute("data-js", "ready");
+})();
+</script>
+</body></html>
+"""
+
+
+# ----------------------------------------------------------------------------------------------
+# Public entry points
+# ----------------------------------------------------------------------------------------------
+
+def render_report(analysis_dir: str | Path, cross_sampling_path: str | Path | None = None,
+                  max_responses: int = 20, color_by: str = "dlogp") -> str:
+    """The HTML report of a `pivotal analyze` output directory (summary.json, tokens.parquet,
+    responses.jsonl), plus cross-sampling curves when a cross_sampling.json path is given.
+
+    max_responses: responses shown in the token view (the first ones, in responses.jsonl order);
+    color_by: "dlogp" or "js", the token colouring the page opens with (a toggle switches).
+    """
+    if color_by not in COLOR_BY:
+        raise ValueError(f"color_by must be one of {', '.join(COLOR_BY)}, got {color_by!r}")
+    if max_responses < 0:
+        raise ValueError(f"max_responses must be >= 0, got {max_responses}")
+    analysis_dir = Path(analysis_dir)
+    summary = load_summary(analysis_dir)
+    cross = load_cross_sampling(cross_sampling_path) if cross_sampling_path else None
+    records = load_responses(analysis_dir)
+    if records is None:  # no responses.jsonl: the response indices of the token table
+        import pyarrow.parquet as pq
+        path = analysis_dir / "tokens.parquet"
+        if not path.is_file():
+            raise FileNotFoundError(f"{path} not found: {WRITTEN_BY_ANALYZE}")
+        indices = sorted(set(pq.read_table(path, columns=["response"]).column(0).to_pylist()))
+        records = [{"response": i} for i in indices]
+    n_total = len(records)
+    records = records[:max_responses]
+    tokens = load_tokens(analysis_dir, [r["response"] for r in records])
+    token_view, hover, _ = _token_view(records, tokens, summary, n_total, color_by)
+    title = f"{summary['base']} → {summary['rl']}"
+    parts = {"__TITLE__": html.escape(title), "__COLOR_BY__": color_by,
+             "__HEADER__": _header(summary, analysis_dir, cross),
+             "__PLOTS__": _plots(summary, cross), "__TOKEN_VIEW__": token_view,
+             "__TABLES__": _token_tables(summary), "__DATA__": _json_for_script(hover)}
+    # one pass over the template: text from the inputs (a model named "__DATA__", say) is never
+    # scanned for placeholders
+    return re.sub("|".join(parts), lambda m: parts[m.group(0)], PAGE)
+
+
+def write_report(analysis_dir: str | Path, out: str | Path | None = None,
+                 cross_sampling_path: str | Path | None = None, max_responses: int = 20,
+                 color_by: str = "dlogp") -> Path:
+    """Render the report and write it atomically (a temporary file beside `out`, then
+    os.replace) to `out` (default ANALYSIS_DIR/report.html); returns the path written."""
+    page = render_report(analysis_dir, cross_sampling_path, max_responses, color_by)
+    out = Path(out) if out is not None else Path(analysis_dir) / "report.html"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", dir=out.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(page)
+        os.replace(tmp, out)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return out
