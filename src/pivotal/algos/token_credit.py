@@ -14,7 +14,8 @@ Methods (the formulas are those of ../shared/METHODS.md, which says how sure we 
   log pi_theta - log pi_old over its future, clamped. Acts only once pi_theta has moved away from
   pi_old (several optimizer steps per rollout): on the first mini-batch after a rollout it is
   exactly 1 everywhere and FIPO is DAPO.
-- "dlogp": Δlog p training-time reweighting, "On the Direction of RLVR Updates" [paper/code].
+- "dlogp": Δlog p training-time reweighting, "On the Direction of RLVR Updates",
+  https://arxiv.org/abs/2603.22117 [paper/code].
   A_t * (1 + c * (1 - p_old(y_t))): low-probability tokens get more weight.
 - "owpo": OWPO, One-Way Policy Optimization, *as reconstructed from the abstract*
   [reconstruction]. The verifier sets the sign of the update, the reference only its size: tokens
