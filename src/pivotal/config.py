@@ -66,7 +66,11 @@ class TaskConfig:
 
 @dataclass
 class RolloutConfig:
-    engine: str = _f("transformers", "Rollout engine: transformers.")
+    engine: str = _f("transformers", "Rollout engine: transformers (shares the policy's weights) "
+                     "| vllm (pip install 'pivotal[vllm]'; weights synced in place every step) | "
+                     "auto (vllm when installed, else transformers).")
+    vllm_max_model_len: int = _f(2048, "vllm: longest prompt + response, in tokens.")
+    vllm_kv_cache_gb: float = _f(1.0, "vllm: memory reserved for its KV cache, GiB.")
     prompts_per_step: int = _f(4, "Prompts sampled per training step.")
     group_size: int = _f(8, "Responses per prompt (G). GRPO paper: 64; 8-16 is common.")
     max_new_tokens: int = _f(48, "Response length cap (L_max).")
@@ -118,6 +122,9 @@ class AlgoConfig:
                                          "accuracy improves at an eval (needs train.eval_every).")
     old_logprobs: str = _f("rollout", "Source of log pi_old after the first update: 'rollout' "
                            "(the sampler's) or 'recompute' (one extra no-grad forward).")
+    tis_cap: float = _f(0.0, "Truncated importance sampling for the sampler/trainer mismatch "
+                        "(e.g. vLLM): each token's loss is weighted by min(pi_old/pi_sampler, "
+                        "tis_cap). 0 = off; 2 is the common choice.")
 
 
 @dataclass
@@ -349,12 +356,21 @@ def validate_config(cfg: Config) -> None:
         raise ConfigError(f"task.options for task '{cfg.task.name}': {e}") from None
     if cfg.model.dtype not in DTYPES:
         raise ConfigError(f"model.dtype '{cfg.model.dtype}' is not one of {', '.join(DTYPES)}")
-    if cfg.rollout.engine not in ("transformers",):
-        raise ConfigError(f"rollout.engine '{cfg.rollout.engine}' is not available; "
-                          f"choose 'transformers'")
+    if cfg.rollout.engine not in ("auto", "transformers", "vllm"):
+        raise ConfigError(f"rollout.engine '{cfg.rollout.engine}' is not one of: auto, "
+                          f"transformers, vllm")
+    from .rollout_vllm import VLLM_INSTALL_HINT, vllm_available
+    if cfg.rollout.engine == "auto":  # the fastest installed (docs/results.md: engine comparison)
+        cfg.rollout.engine = "vllm" if vllm_available() else "transformers"
+    if cfg.rollout.engine == "vllm":
+        if not vllm_available():
+            raise ConfigError(f"rollout.engine=vllm: vLLM is not installed; {VLLM_INSTALL_HINT}")
+    if cfg.algo.tis_cap != 0 and not cfg.algo.tis_cap >= 1:
+        raise ConfigError(f"algo.tis_cap must be 0 (off) or at least 1, got {cfg.algo.tis_cap}")
     if cfg.algo.old_logprobs not in ("rollout", "recompute"):
         raise ConfigError("algo.old_logprobs must be 'rollout' or 'recompute'")
     for path in ("rollout.prompts_per_step", "rollout.group_size", "rollout.max_new_tokens",
+                 "rollout.vllm_max_model_len", "rollout.vllm_kv_cache_gb",
                  "optim.lr", "optim.epochs_per_rollout", "optim.mini_batches",
                  "optim.micro_batch_size", "train.steps", "eval.size", "eval.n_samples",
                  "eval.max_new_tokens", "eval.batch_size", "algo.max_sampling_rounds"):

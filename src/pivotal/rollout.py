@@ -1,8 +1,8 @@
 """Rollout engines: sample G responses per prompt and record the sampling policy's log-probs.
 
-The interface is deliberately narrow (`generate` + `sync_weights`) so that a vLLM engine can stand
-beside the transformers one. `TransformersEngine` runs its own decode loop instead of
-`model.generate` for three reasons:
+The interface is deliberately narrow (`generate` + `sync_weights`), so the vLLM engine
+(`pivotal.rollout_vllm`) stands beside the transformers one and both fill the same batch fields.
+`TransformersEngine` runs its own decode loop instead of `model.generate` for three reasons:
   * each prompt is prefilled once and its KV cache copied G times, instead of prefilling G copies;
   * rows that hit EOS are dropped from the batch and the KV cache, so finished sequences stop
     costing compute (`generate` keeps computing them until the longest row ends);
@@ -62,6 +62,39 @@ def filter_logits(logits: torch.Tensor, top_k: int = 0, top_p: float = 1.0) -> t
     return logits
 
 
+def assemble_batch(tokenizer, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor,
+                   tokens: list[list[int]], logps: list[list[float]], num_samples: int,
+                   eos_ids: list[int]) -> tuple[RolloutBatch, list[str]]:
+    """Pack sampled responses into a RolloutBatch; shared by every engine.
+
+    prompt_ids, prompt_mask: (P, Lp) left-padded prompts; tokens[i], logps[i]: the sampled token
+    ids and their log-probs of row i, which answers prompt i // num_samples. A row is truncated
+    when it does not end in an EOS token. Texts are decoded without the final EOS token.
+    """
+    B = prompt_ids.shape[0] * num_samples
+    T = max(1, max((len(t) for t in tokens), default=1))
+    response_ids = torch.full((B, T), tokenizer.pad_token_id, dtype=torch.long)
+    response_mask = torch.zeros(B, T)
+    old_logprobs = torch.zeros(B, T)
+    truncated = torch.zeros(B, dtype=torch.bool)
+    eos = set(eos_ids)
+    for i, (tok, lp) in enumerate(zip(tokens, logps)):
+        n = len(tok)
+        response_ids[i, :n] = torch.tensor(tok, dtype=torch.long)
+        response_mask[i, :n] = 1.0
+        old_logprobs[i, :n] = torch.tensor(lp, dtype=torch.float32)
+        truncated[i] = n == 0 or tok[-1] not in eos
+    texts = tokenizer.batch_decode(
+        [t[:-1] if (t and t[-1] in eos) else t for t in tokens], skip_special_tokens=True)
+    batch = RolloutBatch(
+        prompt_ids=prompt_ids.repeat_interleave(num_samples, dim=0).cpu(),
+        prompt_mask=prompt_mask.repeat_interleave(num_samples, dim=0).cpu(),
+        response_ids=response_ids, response_mask=response_mask, old_logprobs=old_logprobs,
+        group_ids=torch.arange(prompt_ids.shape[0]).repeat_interleave(num_samples),
+        truncated=truncated)
+    return batch, texts
+
+
 class TransformersEngine:
     """Batched sampling with a KV cache on the trainer's own model object (no weight copy)."""
 
@@ -94,27 +127,8 @@ class TransformersEngine:
         finally:
             self.model.train(was_training)
 
-        B = len(prompts) * num_samples
-        T = max(1, max((len(t) for t in tokens), default=1))
-        response_ids = torch.full((B, T), self.pad_id, dtype=torch.long)
-        response_mask = torch.zeros(B, T)
-        old_logprobs = torch.zeros(B, T)
-        truncated = torch.zeros(B, dtype=torch.bool)
-        eos = set(self.eos_ids.tolist())
-        for i, (tok, lp) in enumerate(zip(tokens, logps)):
-            n = len(tok)
-            response_ids[i, :n] = torch.tensor(tok, dtype=torch.long)
-            response_mask[i, :n] = 1.0
-            old_logprobs[i, :n] = torch.tensor(lp)
-            truncated[i] = n == 0 or tok[-1] not in eos
-        texts = self.tokenizer.batch_decode(
-            [t[:-1] if (t and t[-1] in eos) else t for t in tokens], skip_special_tokens=True)
-        batch = RolloutBatch(
-            prompt_ids=prompt_ids.repeat_interleave(num_samples, dim=0).cpu(),
-            prompt_mask=prompt_mask.repeat_interleave(num_samples, dim=0).cpu(),
-            response_ids=response_ids, response_mask=response_mask, old_logprobs=old_logprobs,
-            group_ids=torch.arange(len(prompts)).repeat_interleave(num_samples),
-            truncated=truncated)
+        batch, texts = assemble_batch(self.tokenizer, prompt_ids, prompt_mask, tokens, logps,
+                                      num_samples, self.eos_ids.tolist())
         return batch, texts
 
     def _decode(self, prompt_ids, prompt_mask, num_samples, params, generator):

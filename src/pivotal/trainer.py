@@ -5,8 +5,9 @@ advantages, then runs `epochs_per_rollout x mini_batches` optimizer steps over t
 gradient accumulation over micro-batches. Every algorithmic choice is a registry name in config; this
 file never branches on a method's name.
 
-Simplifications: one process, one device; the rollout engine shares the policy's weights (no copy),
-so weight sync is free. On the first mini-batch after a rollout the policy *is* the sampling policy,
+Simplifications: one process, one device. The transformers engine shares the policy's weights (no
+copy, sync is free); the vLLM engine holds its own copy, refreshed in place before the next rollout
+after every update (`time_sync`). On the first mini-batch after a rollout the policy *is* the sampling policy,
 so log pi_old is taken from that same forward pass (exactly equal, no second forward); later
 mini-batches use the sampler's log-probs (or a recompute, `algo.old_logprobs=recompute`).
 """
@@ -27,6 +28,7 @@ from tqdm.auto import tqdm
 from . import checkpoint as ckpt
 from .algos import (ADVANTAGES, AGGREGATIONS, CREDITS, KL_ESTIMATORS, LOSSES, dynamic_sampling_mask,
                     group_stats, kl_reward_penalty, overlong_penalty)
+from .algos.correction import logprob_mismatch, truncated_is_weights
 from .algos.labels import (agreement, corrective_advantage_gap, majority_labels,
                            pseudo_label_accuracy, select_by_budget)
 from .batch import RolloutBatch
@@ -78,7 +80,10 @@ class Trainer:
         if cfg.train.shift_monitor:
             self.initial_model = self.ref_model if self._reference_is_initial() else \
                 copy.deepcopy(self.model).eval().requires_grad_(False)
-        self.engine = TransformersEngine(self.model, self.tokenizer)
+        self.engine = self._build_engine()
+        self._engine_stale = False  # the policy changed since the engine last took its weights
+        self._timing = {"sync": 0.0, "generate": 0.0, "score": 0.0, "train": 0.0}
+        self._mismatch = {"sum": 0.0, "n": 0.0, "max": 0.0}
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=cfg.optim.lr,
                                            betas=tuple(cfg.optim.betas),
                                            weight_decay=cfg.optim.weight_decay)
@@ -100,8 +105,26 @@ class Trainer:
         t = self.cfg.task
         return [format_prompt(p, self.tokenizer, t.instruction, t.system_prompt) for p in problems]
 
+    def _build_engine(self):
+        r = self.cfg.rollout
+        if r.engine == "vllm":
+            from .rollout_vllm import VLLMEngine
+            return VLLMEngine(self.model, self.tokenizer, max_model_len=r.vllm_max_model_len,
+                              kv_cache_gb=r.vllm_kv_cache_gb, seed=self.cfg.train.seed)
+        return TransformersEngine(self.model, self.tokenizer)
+
+    def _sync_engine(self) -> float:
+        """Give the rollout engine the current weights if they changed. Returns the seconds."""
+        if not self._engine_stale:
+            return 0.0
+        t0 = time.perf_counter()
+        self.engine.sync_weights(self.model)
+        self._engine_stale = False
+        return time.perf_counter() - t0
+
     def _sample_round(self, round_index: int, group_offset: int) -> RolloutBatch:
         cfg = self.cfg
+        self._timing["sync"] += self._sync_engine()
         problems = [self.task.train_problem(self.cursor + i)
                     for i in range(cfg.rollout.prompts_per_step)]
         self.cursor += len(problems)
@@ -237,7 +260,8 @@ class Trainer:
     # ------------------------------------------------------------------ one step
     def train_step(self) -> dict:
         cfg = self.cfg
-        self._timing = {"generate": 0.0, "score": 0.0, "train": 0.0}
+        self._timing = {"sync": 0.0, "generate": 0.0, "score": 0.0, "train": 0.0}
+        self._mismatch = {"sum": 0.0, "n": 0.0, "max": 0.0}
         self._label_metrics: dict = {}
         self.model.eval()
         t_start = time.perf_counter()
@@ -246,6 +270,8 @@ class Trainer:
             log.warning("step %d: every group's rewards agree; no update", self.step)
             return {**metrics, "skipped": 1, **{f"time_{k}": v for k, v in self._timing.items()}}
         t_train = time.perf_counter()
+        # the sampler's own log-probs, kept apart from pi_old for the mismatch metric and TIS
+        batch.extras["sampler_logprobs"] = batch.old_logprobs.clone()
         if self.ref_model is not None:
             batch.ref_logprobs = self._logprobs_no_grad(self.ref_model, batch)
             if cfg.algo.kl_in_reward:
@@ -266,10 +292,14 @@ class Trainer:
                 batch.response_mask).clone()
         self.last_batch = batch  # kept for inspection and the benchmarks
         update_metrics = self._update(batch)
+        self._engine_stale = True
         self._timing["train"] += time.perf_counter() - t_train
         total = time.perf_counter() - t_start
         n_tokens = batch.response_mask.sum().item()
         metrics.update(update_metrics)
+        if self._mismatch["n"]:  # |trainer pi_old - sampler| log-probs, on the same weights
+            metrics["sampler_logprob_diff"] = self._mismatch["sum"] / self._mismatch["n"]
+            metrics["sampler_logprob_diff_max"] = self._mismatch["max"]
         metrics.update({"lr": self.scheduler.get_last_lr()[0], "tokens": n_tokens,
                         "tokens_per_s": n_tokens / max(total, 1e-9), "time_step": total,
                         **{f"time_{k}": v for k, v in self._timing.items()}})
@@ -333,6 +363,12 @@ class Trainer:
         if on_policy:  # pi_theta is pi_old here: use the exact values, so ratios are exactly 1
             micro.old_logprobs = logp.detach()
         old = micro.old_logprobs
+        sampler = micro.extras.get("sampler_logprobs")
+        if sampler is not None and (on_policy or cfg.algo.old_logprobs == "recompute"):
+            gap, n = logprob_mismatch(old, sampler, mask), float(mask.sum())  # same weights
+            self._mismatch["sum"] += gap["sampler_logprob_diff"] * n
+            self._mismatch["n"] += n
+            self._mismatch["max"] = max(self._mismatch["max"], gap["sampler_logprob_diff_max"])
         multiplier = self._credit(micro, logp.detach(), **cfg.algo.credit_options)
         advantages = micro.advantages * multiplier
         out = self._loss(logp, old, advantages, mask, **cfg.algo.loss_options)
@@ -340,6 +376,12 @@ class Trainer:
         if micro.token_weights is not None:
             per_token = per_token * micro.token_weights
         metrics = {k: float(v) for k, v in out.metrics.items()}
+        if cfg.algo.tis_cap > 0 and sampler is not None:
+            tis = truncated_is_weights(old, sampler, cfg.algo.tis_cap)
+            per_token = per_token * tis
+            metrics["tis_weight"] = ((tis * mask).sum() / mask.sum().clamp(min=1)).item()
+            metrics["tis_capped_frac"] = (((tis >= cfg.algo.tis_cap) * mask).sum()
+                                          / mask.sum().clamp(min=1)).item()
         if micro.ref_logprobs is not None:
             kl = self._kl(logp, micro.ref_logprobs) * mask
             metrics["kl_ref"] = (kl.detach().sum() / mask.sum().clamp(min=1)).item()
@@ -405,6 +447,7 @@ class Trainer:
     # ------------------------------------------------------------------ evaluation
     def evaluate(self, tag: str) -> dict:
         e = self.cfg.eval
+        self._sync_engine()
         summary, records = evaluate(
             self.model, self.tokenizer, self.eval_problems, n_samples=1,
             max_new_tokens=e.max_new_tokens, batch_size=e.batch_size,
@@ -455,6 +498,7 @@ class Trainer:
         self.step, self.cursor = state["step"], state["cursor"]
         self.history = state.get("history", {})
         self.labels_queried = state.get("labels_queried", 0)
+        self._engine_stale = True
         log.info("resumed from %s (step %d)", path, self.step)
         return True
 
@@ -509,6 +553,8 @@ class Trainer:
             say(f"training curves: {plot_run(self.out_dir)}")
         except ImportError:
             log.warning("matplotlib is not installed; no curves.png")
+        except ValueError as e:  # e.g. every step was skipped: nothing to plot, the run still ends
+            log.warning("no curves.png: %s", e)
         if "before" in self.history and "after" in self.history:
             say(_fmt_before_after(self.history["before"], self.history["after"],
                                   len(self.eval_problems)))

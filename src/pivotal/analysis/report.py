@@ -24,13 +24,15 @@ and JavaScript are inline. Its size is bounded: at most `max_responses` response
 MAX_TOKENS_PER_RESPONSE tokens each) carry per-token hover data; tokens.parquet is read only for
 those responses. Open it with `?hover=N` to pin the tooltip of token N (for screenshots) and
 `?color=js` to start coloured by JS.
+
+The code is split by purpose: report_data (reading and checking the input files), report_colors
+(colour scales), report_plots (the SVG plots) and this module (the HTML page). The public names
+of those modules stay importable from here.
 """
 
 from __future__ import annotations
 
-import functools
 import html
-import io
 import json
 import math
 import os
@@ -40,172 +42,54 @@ from pathlib import Path
 
 import numpy as np
 
+# F401: names not used here are re-exported (`from pivotal.analysis.report import X`)
+from .report_colors import (  # noqa: F401
+    BLUE,
+    BLUE_HEX,
+    CRITERION_COLORS,
+    MISSING,
+    PURPLE,
+    PURPLE_HEX,
+    RED,
+    RED_HEX,
+    WHITE,
+    _finite,
+    _num,
+    color_scale,
+    dlogp_color,
+    js_color,
+)
+from .report_data import (  # noqa: F401
+    CROSS_KEYS,
+    POINT_KEYS,
+    SUMMARY_KEYS,
+    TOKEN_COLUMNS,
+    WRITTEN_BY_ANALYZE,
+    WRITTEN_BY_CROSS,
+    load_cross_sampling,
+    load_responses,
+    load_summary,
+    load_tokens,
+)
+from .report_plots import (  # noqa: F401
+    DIRECTION_TITLES,
+    PLOT_STYLE,
+    plot_cross_sampling,
+    plot_entropy,
+    plot_positions,
+    plot_sparsity,
+    svg_of,
+)
+
 MAX_TOKENS_PER_RESPONSE = 1024   # tokens of one response shown in the token view
 MAX_PROMPT_CHARS = 2000          # characters of a prompt shown (the tail: the question is last)
 TOP_N = 5                        # alternatives per model in the tooltip
-
-# columns of tokens.parquet the report reads (the shared spec's columns, minus the unused ones)
-TOKEN_COLUMNS = ("response", "position", "token", "js", "entropy_base", "entropy_rl", "logp_base",
-                 "logp_rl", "dlogp", "rank_base", "rank_rl", "top_base_tokens", "top_rl_tokens",
-                 "top_base_probs", "top_rl_probs")
-SUMMARY_KEYS = ("base", "rl", "n_responses", "n_tokens")
-CROSS_KEYS = ("accuracy_base", "accuracy_rl", "points")
-POINT_KEYS = ("direction", "criterion", "budget", "accuracy")
 COLOR_BY = ("dlogp", "js")
 
-# colour scales. Endpoints are mid-saturation so black token text stays legible on them.
-WHITE = (255, 255, 255)
-RED = (214, 72, 62)      # Δlog p < 0: rl finds the token less likely
-BLUE = (52, 128, 196)    # Δlog p > 0: rl finds it more likely
-PURPLE = (136, 98, 190)  # JS, sequential
-MISSING = "#dddddd"      # a non-finite statistic
-RED_HEX, BLUE_HEX, PURPLE_HEX = (f"#{r:02x}{g:02x}{b:02x}" for r, g, b in (RED, BLUE, PURPLE))
-CRITERION_COLORS = {"dlogp": "#2166ac", "divergence": "#e08214", "entropy": "#1b9e77",
-                    "random": "#7f7f7f"}
-DIRECTION_TITLES = {"forward": "forward: base decodes, rl's token at chosen positions",
-                    "reverse": "reverse: rl decodes, base's token at chosen positions"}
-
-WRITTEN_BY_ANALYZE = "it is written by `pivotal analyze --out DIR`"
-WRITTEN_BY_CROSS = "it is written by `pivotal cross-sample --out DIR`"
-
 
 # ----------------------------------------------------------------------------------------------
-# Reading the inputs (clear errors naming the file at fault)
+# Token text and number formatting for the page
 # ----------------------------------------------------------------------------------------------
-
-def load_summary(analysis_dir: str | Path) -> dict:
-    """summary.json of an analysis directory; FileNotFoundError naming the path (and who writes
-    it) when the directory or the file is missing, ValueError when a required key is missing."""
-    analysis_dir = Path(analysis_dir)
-    if not analysis_dir.is_dir():
-        raise FileNotFoundError(f"analysis directory {analysis_dir} does not exist: "
-                                f"{WRITTEN_BY_ANALYZE}")
-    path = analysis_dir / "summary.json"
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} not found: {WRITTEN_BY_ANALYZE}")
-    try:
-        summary = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{path} is not valid JSON ({e})") from None
-    missing = [k for k in SUMMARY_KEYS if k not in summary]
-    if missing:
-        raise ValueError(f"{path} lacks key(s) {', '.join(missing)}: {WRITTEN_BY_ANALYZE}")
-    return summary
-
-
-def load_responses(analysis_dir: str | Path) -> list[dict] | None:
-    """The responses.jsonl records in file order, or None when the file is absent (the token view
-    then has no prompts and no correctness); ValueError naming the line of a malformed record."""
-    path = Path(analysis_dir) / "responses.jsonl"
-    if not path.is_file():
-        return None
-    records = []
-    with open(path) as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path} line {n} is not valid JSON ({e})") from None
-            if "response" not in record:
-                raise ValueError(f"{path} line {n} has no 'response' (index) field")
-            records.append(record)
-    return records
-
-
-def load_tokens(analysis_dir: str | Path, responses: list[int]):
-    """The rows of tokens.parquet of the given response indices (pandas DataFrame sorted by
-    response, position); only those rows are read, so a large table costs little memory."""
-    import pandas as pd
-    import pyarrow.parquet as pq
-
-    path = Path(analysis_dir) / "tokens.parquet"
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} not found: {WRITTEN_BY_ANALYZE}")
-    names = set(pq.read_schema(path).names)
-    missing = [c for c in TOKEN_COLUMNS if c not in names]
-    if missing:
-        raise ValueError(f"{path} lacks column(s) {', '.join(missing)}: {WRITTEN_BY_ANALYZE}")
-    if not responses:
-        return pd.DataFrame(columns=list(TOKEN_COLUMNS))
-    df = pd.read_parquet(path, columns=list(TOKEN_COLUMNS),
-                         filters=[("response", "in", [int(r) for r in responses])])
-    return df.sort_values(["response", "position"], kind="stable").reset_index(drop=True)
-
-
-def load_cross_sampling(path: str | Path) -> dict:
-    """cross_sampling.json, checked: top-level keys accuracy_base, accuracy_rl, points and, in
-    every point, direction, criterion, budget, accuracy (ValueError naming the key and point)."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} not found: {WRITTEN_BY_CROSS}")
-    try:
-        data = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{path} is not valid JSON ({e})") from None
-    if not isinstance(data, dict):
-        raise ValueError(f"{path} is not a JSON object: {WRITTEN_BY_CROSS}")
-    missing = [k for k in CROSS_KEYS if k not in data]
-    if missing:
-        raise ValueError(f"{path} lacks required key(s) {', '.join(missing)}: {WRITTEN_BY_CROSS}")
-    if not isinstance(data["points"], list):
-        raise ValueError(f"{path}: 'points' must be a list")
-    for i, point in enumerate(data["points"]):
-        lacking = [k for k in POINT_KEYS if k not in point]
-        if lacking:
-            raise ValueError(f"{path}: points[{i}] lacks required key(s) {', '.join(lacking)}")
-    return data
-
-
-# ----------------------------------------------------------------------------------------------
-# Small pure helpers: numbers, colours, token text
-# ----------------------------------------------------------------------------------------------
-
-def _finite(x) -> float | None:
-    """float(x), or None for None / NaN / inf (JSON has no inf; the page shows 'n/a')."""
-    if x is None:
-        return None
-    x = float(x)
-    return x if math.isfinite(x) else None
-
-
-def _num(x, digits: int = 4) -> float | None:
-    """x rounded to `digits` significant digits (keeps the embedded hover data small)."""
-    x = _finite(x)
-    return None if x is None else float(f"{x:.{digits}g}")
-
-
-def _lerp(a: tuple, b: tuple, t: float) -> str:
-    """Hex colour a + t (b - a), t in [0, 1]."""
-    return "#" + "".join(f"{round(ca + t * (cb - ca)):02x}" for ca, cb in zip(a, b))
-
-
-def dlogp_color(dlogp, vmax: float) -> str:
-    """Diverging colour of a Δlog p: white at 0, RED at <= -vmax, BLUE at >= +vmax, linear between
-    (so blue minus red is monotone in Δlog p). Non-finite -> MISSING."""
-    d = _finite(dlogp)
-    if d is None:
-        return MISSING
-    t = max(-1.0, min(1.0, d / vmax))
-    return _lerp(WHITE, RED, -t) if t < 0 else _lerp(WHITE, BLUE, t)
-
-
-def js_color(js, vmax: float) -> str:
-    """Sequential colour of a JS divergence: white at 0, PURPLE at >= vmax."""
-    j = _finite(js)
-    if j is None:
-        return MISSING
-    return _lerp(WHITE, PURPLE, max(0.0, min(1.0, j / vmax)))
-
-
-def color_scale(values, floor: float, cap: float) -> float:
-    """The saturation point of a colour scale: the 99th percentile of |values| clipped to
-    [floor, cap], so a few extreme tokens do not wash out the rest."""
-    v = np.abs(np.asarray([x for x in values if _finite(x) is not None], dtype=np.float64))
-    top = float(np.quantile(v, 0.99)) if len(v) else floor
-    return max(floor, min(cap, top))
-
 
 _WS = {" ": "·", "\n": "↵", "\t": "⇥", "\r": "␍"}
 
@@ -239,209 +123,6 @@ def _json_for_script(value) -> str:
     end the element."""
     text = json.dumps(value, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
     return text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
-
-
-# ----------------------------------------------------------------------------------------------
-# Plots: matplotlib figures -> inline SVG
-# ----------------------------------------------------------------------------------------------
-
-# svg.fonttype none: text stays <text> (small, selectable, drawn in the page's own fonts)
-PLOT_STYLE = {"svg.fonttype": "none", "font.size": 9, "axes.titlesize": 9.5,
-              "axes.spines.top": False, "axes.spines.right": False, "font.family": "sans-serif",
-              "svg.hashsalt": "pivotal-report"}
-
-
-def _styled(plot):
-    """Run a plot function under PLOT_STYLE without touching the caller's matplotlib settings."""
-    @functools.wraps(plot)
-    def wrapper(*args, **kwargs):
-        import matplotlib
-        matplotlib.use("Agg")
-        with matplotlib.rc_context(PLOT_STYLE):
-            return plot(*args, **kwargs)
-    return wrapper
-
-
-def _figure(width: float, height: float, ncols: int = 1):
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, ncols, figsize=(width, height), squeeze=False)
-    return fig, list(axes[0])
-
-
-def svg_of(fig, prefix: str, layout: bool = True) -> str:
-    """The figure as an inline <svg> element: no XML prolog, no fixed size (it scales with its
-    container through the viewBox), and every id prefixed so several plots can share one page.
-    layout=False: the caller has already laid the figure out."""
-    import matplotlib.pyplot as plt
-
-    buf = io.StringIO()
-    if layout:
-        fig.tight_layout()
-    fig.savefig(buf, format="svg", metadata={"Date": None, "Creator": None})
-    plt.close(fig)
-    svg = buf.getvalue()
-    svg = svg[svg.index("<svg"):]
-    svg = re.sub(r"<metadata>.*?</metadata>", "", svg, flags=re.DOTALL)
-    svg = re.sub(r'<svg [^>]*?(viewBox="[^"]*")[^>]*>',
-                 lambda m: f'<svg xmlns="http://www.w3.org/2000/svg" '
-                           f'xmlns:xlink="http://www.w3.org/1999/xlink" {m.group(1)} '
-                           f'class="plot" role="img">', svg, count=1)
-    svg = re.sub(r'\bid="([^"]+)"', rf'id="{prefix}-\1"', svg)
-    svg = re.sub(r"url\(#([^)]+)\)", rf"url(#{prefix}-\1)", svg)
-    svg = re.sub(r'href="#([^"]+)"', rf'href="#{prefix}-\1"', svg)
-    return svg
-
-
-def _log_axis(ax, values) -> None:
-    """Log x when every threshold is positive, else symlog (a threshold of 0 has no log)."""
-    positive = [v for v in values if v > 0]
-    if positive and len(positive) == len(values):
-        ax.set_xscale("log")
-    elif positive:
-        ax.set_xscale("symlog", linthresh=min(positive))
-
-
-@_styled
-def plot_sparsity(summary: dict) -> str:
-    """SVG: fraction of positions at or above each threshold, for JS and |Δlog p|, the shift
-    threshold marked."""
-    sparsity = summary.get("sparsity") or {}
-    shift = summary.get("shift_definition") or {}
-    fig, axes = _figure(7.2, 2.7, ncols=2)
-    for ax, key, label in zip(axes, ("js", "abs_dlogp"), ("JS divergence", "|Δlog p| (nats)")):
-        pts = [(p["threshold"], p["fraction"]) for p in sparsity.get(key, [])
-               if _finite(p.get("fraction")) is not None]
-        if not pts:
-            ax.text(0.5, 0.5, f"no {key} sparsity in summary.json", ha="center",
-                    transform=ax.transAxes)
-            continue
-        xs, ys = zip(*sorted(pts))
-        ax.plot(xs, ys, marker="o", color="#444444" if key == "js" else BLUE_HEX, linewidth=1.5)
-        _log_axis(ax, xs)
-        ax.set_yscale("log" if min(ys) > 0 else "linear")
-        if shift.get("metric") == key:
-            ax.axvline(shift["threshold"], color=RED_HEX, linestyle="--", linewidth=1,
-                       label=f"shift threshold {shift['threshold']:g}")
-            ax.legend(fontsize=8, frameon=False)
-        for x, y in zip(xs, ys):
-            if y <= 0:  # "0%" labels pile up at the tail
-                continue
-            ax.annotate(f"{100 * y:.2g}%", (x, y), textcoords="offset points", xytext=(3, 4),
-                        fontsize=7, color="#555555")
-        ax.set_xlabel(f"threshold on {label}")
-        ax.set_ylabel("fraction of positions ≥ threshold")
-        ax.set_title(f"positions with {label} ≥ threshold")
-        ax.grid(alpha=0.3, which="both")
-    return svg_of(fig, "sparsity")
-
-
-@_styled
-def plot_positions(summary: dict) -> str:
-    """SVG: share of all tokens vs of shifted tokens in each relative-position bin (each series
-    sums to 1), with the shifted rate per bin on a second axis."""
-    hist = summary.get("position_histogram") or {}
-    edges = np.asarray(hist.get("bin_edges") or [], dtype=float)
-    all_, shifted = (np.asarray(hist.get(k) or [], dtype=float) for k in ("all", "shifted"))
-    fig, (ax,) = _figure(7.2, 2.7)
-    if len(edges) < 2 or len(all_) != len(edges) - 1 or len(shifted) != len(all_):
-        ax.text(0.5, 0.5, "no position histogram in summary.json", ha="center",
-                transform=ax.transAxes)
-        return svg_of(fig, "positions")
-    centers, width = (edges[:-1] + edges[1:]) / 2, np.diff(edges)
-    ax.bar(centers - width / 5, all_ / max(all_.sum(), 1), width=width * 0.4, color="#bbbbbb",
-           label=f"all tokens ({int(all_.sum())})")
-    ax.bar(centers + width / 5, shifted / max(shifted.sum(), 1), width=width * 0.4,
-           color=RED_HEX, label=f"shifted tokens ({int(shifted.sum())})")
-    rate = np.divide(shifted, all_, out=np.zeros_like(shifted), where=all_ > 0)
-    twin = ax.twinx()
-    twin.plot(centers, rate, color="#222222", marker=".", linewidth=1, label="shifted rate")
-    twin.set_ylabel("shifted / all in bin")
-    twin.set_ylim(bottom=0)
-    twin.spines["top"].set_visible(False)
-    ax.set_xlabel("relative position in the response (0 = first token, 1 = last)")
-    ax.set_ylabel("share of the series")
-    ax.set_xlim(edges[0], edges[-1])
-    ax.set_title("where the shifted tokens sit")
-    handles = ax.get_legend_handles_labels()
-    twin_handles = twin.get_legend_handles_labels()
-    ax.legend(handles[0] + twin_handles[0], handles[1] + twin_handles[1], fontsize=8,
-              frameon=False, loc="upper center", ncol=3)
-    ax.set_ylim(top=ax.get_ylim()[1] * 1.2)  # room for the legend
-    ax.grid(alpha=0.3, axis="y")
-    return svg_of(fig, "positions")
-
-
-@_styled
-def plot_entropy(summary: dict, width: float = 7.2) -> str:
-    """SVG: mean JS (bars) and shifted fraction (line) per base-entropy bin, counts on the bars;
-    `width` in inches (the plot spans the page when no cross-sampling panel sits beside it)."""
-    bins = summary.get("divergence_by_entropy") or []
-    fig, (ax,) = _figure(width, 2.7)
-    if not bins:
-        ax.text(0.5, 0.5, "no entropy bins in summary.json", ha="center", transform=ax.transAxes)
-        return svg_of(fig, "entropy")
-    x = np.arange(len(bins))
-    mean_js = [_finite(b.get("mean_js")) or 0.0 for b in bins]
-    bars = ax.bar(x, mean_js, color=PURPLE_HEX, width=0.6, label="mean JS")
-    for bar, b in zip(bars, bins):
-        ax.annotate(f"n={b.get('count', 0)}", (bar.get_x() + bar.get_width() / 2,
-                    bar.get_height()), textcoords="offset points", xytext=(0, 2), ha="center",
-                    fontsize=7, color="#555555")
-    twin = ax.twinx()
-    twin.plot(x, [_finite(b.get("shifted_fraction")) or 0.0 for b in bins], color=RED_HEX,
-              marker="o", linewidth=1.5, label="shifted fraction")
-    twin.set_ylim(bottom=0)
-    twin.set_ylabel("shifted fraction", color=RED_HEX)
-    twin.spines["top"].set_visible(False)
-    ax.set_xticks(x, [f"[{b['entropy_low']:g}, {b['entropy_high']:.3g})" for b in bins],
-                  fontsize=8)
-    ax.set_xlabel("base model entropy at the position (nats)")
-    ax.set_ylabel("mean JS", color=PURPLE_HEX)
-    ax.set_ylim(top=ax.get_ylim()[1] * 1.15)
-    ax.set_title("shift against the base model's uncertainty")
-    h1, l1 = ax.get_legend_handles_labels()
-    h2, l2 = twin.get_legend_handles_labels()
-    ax.legend(h1 + h2, l1 + l2, fontsize=8, frameon=False, loc="upper left")
-    ax.grid(alpha=0.3, axis="y")
-    return svg_of(fig, "entropy")
-
-
-@_styled
-def plot_cross_sampling(cross: dict) -> str:
-    """SVG: accuracy against realised budget, one panel per direction, one line per criterion,
-    base and rl accuracy as horizontal lines."""
-    directions = [d for d in ("forward", "reverse") if any(p["direction"] == d
-                                                           for p in cross["points"])]
-    directions += sorted({p["direction"] for p in cross["points"]} - set(directions))
-    directions = directions or ["forward"]
-    fig, axes = _figure(7.2 if len(directions) > 1 else 4.8, 2.9, ncols=len(directions))
-    criteria = list(CRITERION_COLORS) + sorted({p["criterion"] for p in cross["points"]}
-                                               - set(CRITERION_COLORS))
-    for ax, direction in zip(axes, directions):
-        for criterion in criteria:
-            pts = sorted((p["budget"], p["accuracy"]) for p in cross["points"]
-                         if p["direction"] == direction and p["criterion"] == criterion
-                         and _finite(p["budget"]) is not None
-                         and _finite(p["accuracy"]) is not None)
-            if pts:
-                ax.plot(*zip(*pts), marker="o", markersize=3.5, linewidth=1.5, label=criterion,
-                        color=CRITERION_COLORS.get(criterion))
-        for key, style, who in (("accuracy_base", "--", "base"), ("accuracy_rl", ":", "rl")):
-            acc = _finite(cross[key])
-            if acc is not None:
-                ax.axhline(acc, color="#555555" if who == "base" else "#000000", linestyle=style,
-                           linewidth=1, label=f"{who} alone ({acc:.2f})")
-        ax.set_title(DIRECTION_TITLES.get(direction, direction), fontsize=8.5)
-        ax.set_xlabel("realised budget (fraction of positions replaced)")
-        ax.set_ylabel("greedy accuracy")
-        ax.grid(alpha=0.3)
-    # one legend above the panels: inside a panel it would cover the curves
-    handles, labels = axes[0].get_legend_handles_labels()
-    fig.legend(handles, labels, fontsize=7.5, frameon=False, loc="upper center",
-               ncol=min(len(labels), 6))
-    fig.tight_layout(rect=(0, 0, 1, 0.9))
-    return svg_of(fig, "cross", layout=False)
 
 
 # ----------------------------------------------------------------------------------------------
