@@ -22,6 +22,17 @@ def setup(model_name: str = "smollm2-135m"):
     return model, tokenizer, problems, prompts
 
 
+def step_config(*overrides: str):
+    """The trainer config of the TRL comparison (4 x 8, 64 new tokens, 2-digit sums), plus overrides."""
+    import tempfile
+
+    from pivotal.config import load_config
+    return load_config(None, [
+        f"rollout.prompts_per_step={PROMPTS}", f"rollout.group_size={GROUP}",
+        f"rollout.max_new_tokens={NEW_TOKENS}", "task.options={levels: [{ops: ['+'], digits: 2}]}",
+        f"train.output_dir={tempfile.mkdtemp()}", "train.tensorboard=false", *overrides])
+
+
 def timed(fn, repeats: int = 3):
     """Run fn `repeats` times; return (median seconds, last result)."""
     times, result = [], None

@@ -12,10 +12,8 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import tempfile
 
-from common import GROUP, NEW_TOKENS, PROMPTS, header
-from pivotal.config import load_config
+from common import header, step_config
 from pivotal.trainer import Trainer
 
 
@@ -26,12 +24,8 @@ def main() -> None:
     ap.add_argument("overrides", nargs="*")
     args = ap.parse_args()
     header(f"live shift monitor overhead, {args.rows or 'all'} responses scored per step")
-    cfg = load_config(None, [
-        f"rollout.prompts_per_step={PROMPTS}", f"rollout.group_size={GROUP}",
-        f"rollout.max_new_tokens={NEW_TOKENS}",
-        "task.options={levels: [{ops: ['+'], digits: 2}]}", f"train.output_dir={tempfile.mkdtemp()}",
-        "train.tensorboard=false", "train.shift_monitor=true",
-        f"train.shift_monitor_rows={args.rows}", *args.overrides])
+    cfg = step_config("train.shift_monitor=true", f"train.shift_monitor_rows={args.rows}",
+                      *args.overrides)
     trainer = Trainer(cfg, progress=False)
     trainer.train_step()  # warm-up
     fractions = []

@@ -12,12 +12,10 @@ it computes each prompt once per micro-batch, which the raw forward-backward can
 from __future__ import annotations
 
 import argparse
-import tempfile
 
 import torch
 
-from common import GROUP, NEW_TOKENS, PROMPTS, header, timed
-from pivotal.config import load_config
+from common import GROUP, NEW_TOKENS, header, step_config, timed
 from pivotal.trainer import Trainer
 
 
@@ -27,12 +25,7 @@ def main() -> None:
     ap.add_argument("overrides", nargs="*")
     args = ap.parse_args()
     header("training step vs raw generate + forward/backward")
-    out = tempfile.mkdtemp()
-    cfg = load_config(None, [
-        f"rollout.prompts_per_step={PROMPTS}", f"rollout.group_size={GROUP}",
-        f"rollout.max_new_tokens={NEW_TOKENS}",
-        "task.options={levels: [{ops: ['+'], digits: 2}]}", f"train.output_dir={out}",
-        "train.tensorboard=false", "optim.lr=1e-6", *args.overrides])
+    cfg = step_config("optim.lr=1e-6", *args.overrides)
     trainer = Trainer(cfg, progress=False)
     model, tokenizer = trainer.model, trainer.tokenizer
     trainer.train_step()  # warm-up

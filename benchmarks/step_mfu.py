@@ -1,0 +1,83 @@
+"""Model FLOPs utilisation (MFU) of a full GRPO step, against this machine's measured matmul peak.
+
+The configuration of the TRL comparison: 4 prompts x 8 samples, up to 64 new tokens, SmolLM2-135M
+in float32. Useful FLOPs of one step, with N the parameter count (embeddings included, the usual
+convention):
+  rollout   2 N per prompt token (one prefill per prompt) and per generated token
+  training  6 N per trained token (forward + backward), counted two ways:
+            rows      every row's prompt + response tokens (what a trainer without prompt sharing
+                      computes; the convention of peers' MFU figures)
+            distinct  each prompt once + the responses (pivotal's `optim.share_prompt` computes
+                      each prompt once per micro-batch, so this is the stricter figure)
+MFU = useful FLOPs / (step time x peak), where the peak is the best fp32 matmul rate this script
+measures on the same machine, in the same run (square matmuls, all threads). Prints the peak,
+each step's time split (sync, generate, score, train) and MFU, and the mean.
+
+    python benchmarks/step_mfu.py [--steps 3] [rollout.engine=vllm] [override ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+
+from common import GROUP, header, step_config
+from pivotal.trainer import Trainer
+
+
+def matmul_peak(size: int = 2048, repeats: int = 10) -> float:
+    """Best fp32 FLOP/s of a (size x size) @ (size x size) matmul on all threads."""
+    a, b = torch.randn(size, size), torch.randn(size, size)
+    a @ b  # warm-up
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - t0)
+    return 2 * size**3 / best
+
+
+def step_flops(batch, n_params: int) -> dict[str, float]:
+    prompt_tokens = float(batch.prompt_mask[::GROUP].sum())  # each prompt is prefilled once
+    generated = float(batch.response_mask.sum())
+    rollout = 2 * n_params * (prompt_tokens + generated)
+    rows = float(batch.prompt_mask.sum()) + generated
+    return {"rows": rollout + 6 * n_params * rows,
+            "distinct": rollout + 6 * n_params * (prompt_tokens + generated)}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--steps", type=int, default=3)
+    ap.add_argument("overrides", nargs="*")
+    args = ap.parse_args()
+    header("MFU of a full GRPO step")
+    peak = matmul_peak()
+    print(f"fp32 matmul peak: {peak / 1e9:.1f} GFLOP/s", flush=True)
+    cfg = step_config("optim.lr=1e-6", *args.overrides)
+    trainer = Trainer(cfg, progress=False)
+    n_params = sum(p.numel() for p in trainer.model.parameters())
+    print(f"engine {cfg.rollout.engine} | N = {n_params / 1e6:.1f}M parameters", flush=True)
+    trainer.train_step()  # warm-up
+    mfu: dict[str, list[float]] = {"rows": [], "distinct": []}
+    times = []
+    for i in range(args.steps):
+        trainer.step += 1
+        m = trainer.train_step()
+        flops = step_flops(trainer.last_batch, n_params)
+        for kind in mfu:
+            mfu[kind].append(flops[kind] / (m["time_step"] * peak))
+        times.append(m["time_step"])
+        print(f"step {i + 1}: {m['time_step']:.1f}s (sync {m['time_sync']:.1f} generate "
+              f"{m['time_generate']:.1f} score {m['time_score']:.1f} train {m['time_train']:.1f}) "
+              f"| {flops['rows'] / 1e12:.2f} TFLOP useful | MFU rows {mfu['rows'][-1]:.1%}, "
+              f"distinct {mfu['distinct'][-1]:.1%}", flush=True)
+    print(f"mean step {statistics.mean(times):.1f}s | MFU of the measured fp32 matmul peak: "
+          f"rows {statistics.mean(mfu['rows']):.1%}, distinct {statistics.mean(mfu['distinct']):.1%}")
+
+
+if __name__ == "__main__":
+    main()
