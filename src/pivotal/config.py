@@ -360,7 +360,7 @@ def validate_config(cfg: Config) -> None:
         raise ConfigError(f"rollout.engine '{cfg.rollout.engine}' is not one of: auto, "
                           f"transformers, vllm")
     from .rollout_vllm import VLLM_INSTALL_HINT, vllm_available
-    if cfg.rollout.engine == "auto":  # the fastest installed (docs/results.md: engine comparison)
+    if cfg.rollout.engine == "auto":  # vLLM samples fastest when installed (docs/results.md)
         cfg.rollout.engine = "vllm" if vllm_available() else "transformers"
     if cfg.rollout.engine == "vllm":
         if not vllm_available():

@@ -7,9 +7,11 @@ file never branches on a method's name.
 
 Simplifications: one process, one device. The transformers engine shares the policy's weights (no
 copy, sync is free); the vLLM engine holds its own copy, refreshed in place before the next rollout
-after every update (`time_sync`). On the first mini-batch after a rollout the policy *is* the sampling policy,
-so log pi_old is taken from that same forward pass (exactly equal, no second forward); later
-mini-batches use the sampler's log-probs (or a recompute, `algo.old_logprobs=recompute`).
+after every update (`time_sync`). On the first mini-batch after a rollout the policy *is* the
+sampling policy, so log pi_old is taken from that same forward pass (exactly equal, no second
+forward); later mini-batches use the sampler's log-probs (or a recompute,
+`algo.old_logprobs=recompute`). The sampler's own log-probs stay in `extras["sampler_logprobs"]`
+for the sampler/trainer gap metric and truncated importance sampling (`algo.tis_cap`).
 """
 
 from __future__ import annotations
