@@ -15,6 +15,8 @@ https://fengyao.notion.site/off-policy-rl (C = 2 in their experiments).
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 
@@ -24,7 +26,7 @@ def truncated_is_weights(old_logprobs: torch.Tensor, sampler_logprobs: torch.Ten
     if cap < 1:
         raise ValueError(f"the TIS cap must be at least 1, got {cap}")
     log_ratio = (old_logprobs - sampler_logprobs).detach()
-    return torch.exp(log_ratio.clamp(max=torch.log(torch.tensor(float(cap))).item()))
+    return torch.exp(log_ratio.clamp(max=math.log(cap)))
 
 
 def logprob_mismatch(old_logprobs: torch.Tensor, sampler_logprobs: torch.Tensor,

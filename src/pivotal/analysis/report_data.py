@@ -28,12 +28,7 @@ def load_summary(analysis_dir: str | Path) -> dict:
         raise FileNotFoundError(f"analysis directory {analysis_dir} does not exist: "
                                 f"{WRITTEN_BY_ANALYZE}")
     path = analysis_dir / "summary.json"
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} not found: {WRITTEN_BY_ANALYZE}")
-    try:
-        summary = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{path} is not valid JSON ({e})") from None
+    summary = _read_json(path, WRITTEN_BY_ANALYZE)
     missing = [k for k in SUMMARY_KEYS if k not in summary]
     if missing:
         raise ValueError(f"{path} lacks key(s) {', '.join(missing)}: {WRITTEN_BY_ANALYZE}")
@@ -85,12 +80,7 @@ def load_cross_sampling(path: str | Path) -> dict:
     """cross_sampling.json, checked: top-level keys accuracy_base, accuracy_rl, points and, in
     every point, direction, criterion, budget, accuracy (ValueError naming the key and point)."""
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} not found: {WRITTEN_BY_CROSS}")
-    try:
-        data = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{path} is not valid JSON ({e})") from None
+    data = _read_json(path, WRITTEN_BY_CROSS)
     if not isinstance(data, dict):
         raise ValueError(f"{path} is not a JSON object: {WRITTEN_BY_CROSS}")
     missing = [k for k in CROSS_KEYS if k not in data]
@@ -103,3 +93,13 @@ def load_cross_sampling(path: str | Path) -> dict:
         if lacking:
             raise ValueError(f"{path}: points[{i}] lacks required key(s) {', '.join(lacking)}")
     return data
+
+
+def _read_json(path: Path, written_by: str):
+    """A JSON file's content; FileNotFoundError / ValueError naming the file and what writes it."""
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found: {written_by}")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path} is not valid JSON ({e})") from None
