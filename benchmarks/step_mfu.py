@@ -11,7 +11,9 @@ convention):
                       each prompt once per micro-batch, so this is the stricter figure)
 MFU = useful FLOPs / (step time x peak), where the peak is the best fp32 matmul rate this script
 measures on the same machine, in the same run (square matmuls, all threads). Prints the peak,
-each step's time split (sync, generate, score, train) and MFU, and the mean.
+each step's time split (sync, generate, score, train) and MFU, and the mean. Per step it also
+prints each phase's own MFU (distinct tokens) and the step's ceiling: the MFU the step would reach
+if training ran at the matmul peak and generation took the time it took.
 
     python benchmarks/step_mfu.py [--steps 3] [rollout.engine=vllm] [override ...]
 """
@@ -50,8 +52,19 @@ def step_flops(batch, n_params: int) -> dict[str, float]:
     generated = float(batch.response_mask.sum())
     rollout = 2 * n_params * (prompt_tokens + generated)
     rows = float(batch.prompt_mask.sum()) + generated
-    return {"rows": rollout + 6 * n_params * rows,
-            "distinct": rollout + 6 * n_params * (prompt_tokens + generated)}
+    train = 6 * n_params * (prompt_tokens + generated)
+    return {"rows": rollout + 6 * n_params * rows, "distinct": rollout + train,
+            "rollout": rollout, "train": train}
+
+
+def phase_report(m: dict, flops: dict[str, float], peak: float) -> str:
+    """Each phase's own MFU, and the whole step's ceiling if training ran at the matmul peak with
+    this generation time: the bound that generation alone puts on the step's MFU."""
+    gen_s = m["time_generate"] + m["time_sync"]
+    ceiling = flops["distinct"] / ((gen_s + flops["train"] / peak) * peak)
+    return (f"  generation {flops['rollout'] / (gen_s * peak):.1%} of peak, training "
+            f"{flops['train'] / (m['time_train'] * peak):.1%}; step ceiling with training at "
+            f"the peak {ceiling:.1%}")
 
 
 def main() -> None:
@@ -84,6 +97,7 @@ def main() -> None:
               f"{m['time_generate']:.1f} score {m['time_score']:.1f} train {m['time_train']:.1f}) "
               f"| {flops['rows'] / 1e12:.2f} TFLOP useful | MFU rows {mfu['rows'][-1]:.1%}, "
               f"distinct {mfu['distinct'][-1]:.1%}", flush=True)
+        print(phase_report(m, flops, peak), flush=True)
     print(f"mean step {statistics.mean(times):.1f}s | MFU of the measured fp32 matmul peak: "
           f"rows {statistics.mean(mfu['rows']):.1%}, distinct {statistics.mean(mfu['distinct']):.1%}")
 

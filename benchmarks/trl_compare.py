@@ -4,10 +4,11 @@ SmolLM2-135M-Instruct float32 on the CPU, 4 prompts x 8 samples, 64 new tokens, 
 reference model), lr 1e-6, one optimizer step per rollout, the same
 arithmetic prompts and the same correctness reward. Prints seconds per step for each (the first
 step of each is a warm-up and not counted) and the ratio pivotal / TRL (the issue's aim: <= 0.5).
-TRL runs twice: with its default gradient checkpointing (on) and with it off.
+TRL runs twice: with its default gradient checkpointing (on) and with it off. pivotal runs once per
+`--engines` entry; `vllm` needs vLLM installed (`make setup-vllm`, then trl into that venv).
 Needs `pip install trl` (an optional benchmark dependency: `pip install -e '.[bench]'`).
 
-    python benchmarks/trl_compare.py [--steps 3]
+    python benchmarks/trl_compare.py [--steps 3] [--engines transformers vllm]
 """
 
 from __future__ import annotations
@@ -24,8 +25,8 @@ from pivotal.trainer import Trainer
 TASK = "{levels: [{ops: ['+'], digits: 2}]}"
 
 
-def run_pivotal(steps: int) -> list[float]:
-    cfg = load_config(None, [
+def run_pivotal(steps: int, engine: str) -> list[float]:
+    cfg = load_config(None, [f"rollout.engine={engine}",
         f"rollout.prompts_per_step={PROMPTS}", f"rollout.group_size={GROUP}",
         f"rollout.max_new_tokens={NEW_TOKENS}", "optim.lr=1e-6",
         f"task.options={TASK}", f"train.output_dir={tempfile.mkdtemp()}",
@@ -35,7 +36,7 @@ def run_pivotal(steps: int) -> list[float]:
     for _ in range(steps + 1):
         times.append(trainer.train_step()["time_step"])
         trainer.step += 1
-        print(f"  pivotal step {len(times)}: {times[-1]:.1f}s", flush=True)
+        print(f"  pivotal ({engine}) step {len(times)}: {times[-1]:.1f}s", flush=True)
     return times[1:]
 
 
@@ -85,16 +86,20 @@ def run_trl(steps: int, gradient_checkpointing: bool) -> list[float]:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--steps", type=int, default=3)
+    ap.add_argument("--engines", nargs="+", default=["transformers"],
+                    choices=["transformers", "vllm"], help="pivotal's rollout engines to time")
     args = ap.parse_args()
     header("pivotal vs TRL GRPOTrainer")
-    ours = statistics.mean(run_pivotal(args.steps))
+    ours = {engine: statistics.mean(run_pivotal(args.steps, engine)) for engine in args.engines}
     # TRL's GRPOConfig turns gradient checkpointing on by default; it trades compute for memory,
     # so we measure TRL both ways and report both ratios.
-    for checkpointing in (True, False):
-        theirs = statistics.mean(run_trl(args.steps, checkpointing))
-        print(f"pivotal {ours:.1f}s/step | TRL (gradient_checkpointing={checkpointing}) "
-              f"{theirs:.1f}s/step | ratio pivotal / TRL = {ours / theirs:.2f} "
-              f"({theirs / ours:.1f}x faster)", flush=True)
+    theirs = {checkpointing: statistics.mean(run_trl(args.steps, checkpointing))
+              for checkpointing in (True, False)}
+    for engine, mine in ours.items():
+        for checkpointing, trl_time in theirs.items():
+            print(f"pivotal ({engine}) {mine:.1f}s/step | TRL (gradient_checkpointing="
+                  f"{checkpointing}) {trl_time:.1f}s/step | ratio pivotal / TRL = "
+                  f"{mine / trl_time:.2f} ({trl_time / mine:.1f}x faster)", flush=True)
 
 
 if __name__ == "__main__":

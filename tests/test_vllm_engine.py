@@ -5,6 +5,8 @@ different order; measured on SmolLM2-135M the per-token log-probs differ by at m
 (mean ~6e-6). The tests allow 1e-3, far below any change a weight update makes.
 """
 
+import json
+
 import pytest
 import torch
 
@@ -130,3 +132,19 @@ def test_trainer_runs_grpo_steps_on_vllm(tmp_path):
     batch, _ = trainer.engine.generate(_prompts(trainer.tokenizer), 2,
                                        SamplingParams(max_new_tokens=16), seed=1)
     assert _max_diff(trainer.model, batch) < TOLERANCE
+
+
+def test_eval_command_samples_with_the_configured_engine(tmp_path, capsys):
+    from pivotal.cli import main
+    common = ["--limit", "4", "task.options={levels: [{ops: ['+'], digits: 2}]}",
+              "eval.max_new_tokens=24", "rollout.vllm_max_model_len=512",
+              "rollout.vllm_kv_cache_gb=0.25"]
+    records = {}
+    for engine in ("vllm", "transformers"):
+        out = tmp_path / engine
+        assert main(["eval", "--out", str(out), *common,
+                     f"rollout.engine={engine}"]) == 0
+        lines = (out / "generations.jsonl").read_text().splitlines()
+        records[engine] = [json.loads(line)["response"] for line in lines]
+    assert len(records["vllm"]) == 4
+    assert records["vllm"] == records["transformers"]  # greedy: the same text from both engines

@@ -60,6 +60,7 @@ def cmd_train(args) -> int:
 def cmd_eval(args) -> int:
     from .evaluate import evaluate, write_eval_outputs
     from .models import load_model, tokenizer_fingerprint
+    from .rollout import build_engine
     from .tasks import build_task
     from .tasks.files import load_problems
 
@@ -75,21 +76,26 @@ def cmd_eval(args) -> int:
         problems = task.eval_problems()[: cfg.eval.size if args.limit is None else args.limit]
     model, tokenizer = load_model(cfg.model.name, cfg.model.device, cfg.model.dtype,
                                   cfg.model.cache_dir)
-    engine = extrapolation_engine_from_args(args, model, tokenizer)  # None: plain decoding
+    extrapolation = extrapolation_engine_from_args(args, model, tokenizer)  # None: plain decoding
+    if extrapolation is not None and cfg.rollout.engine == "vllm":
+        print("note: extrapolated decoding combines two models' logits token by token, which only "
+              "the transformers engine does; rollout.engine=vllm is not used for it",
+              file=sys.stderr)
+    engine = extrapolation or build_engine(model, tokenizer, cfg.rollout, cfg.train.seed)
     summary, records = evaluate(model, tokenizer, problems, n_samples=cfg.eval.n_samples,
                                 temperature=cfg.eval.temperature,
                                 max_new_tokens=cfg.eval.max_new_tokens,
                                 batch_size=cfg.eval.batch_size, instruction=cfg.task.instruction,
                                 system_prompt=cfg.task.system_prompt, seed=cfg.train.seed,
                                 engine=engine)
-    if engine is not None:
+    if extrapolation is not None:
         summary["extrapolation"] = {"base": args.extrapolate_base, "gamma": args.gamma,
                                     "tau": args.tau, "where": args.extrapolate_where,
                                     "top_n": args.extrapolate_top_n,
-                                    "extrapolated_positions": engine.replaced,
-                                    "changed_positions": engine.changed,
-                                    "positions": engine.positions,
-                                    "budget": engine.budget}
+                                    "extrapolated_positions": extrapolation.replaced,
+                                    "changed_positions": extrapolation.changed,
+                                    "positions": extrapolation.positions,
+                                    "budget": extrapolation.budget}
     summary["model"] = cfg.model.name
     summary["tokenizer_fingerprint"] = tokenizer_fingerprint(tokenizer)
     for record in records:  # so that `pivotal analyze` can tell which model wrote them

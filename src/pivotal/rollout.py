@@ -181,3 +181,13 @@ class TransformersEngine:
             logits = out.logits[:, -1, :]
             next_pos = next_pos + 1
         return tokens, logps
+
+
+def build_engine(model, tokenizer, rollout_cfg, seed: int = 0) -> RolloutEngine:
+    """The engine `rollout_cfg.engine` names ("transformers" or "vllm"; config loading has already
+    turned "auto" into one of them), over the given policy."""
+    if rollout_cfg.engine == "vllm":
+        from .rollout_vllm import VLLMEngine
+        return VLLMEngine(model, tokenizer, max_model_len=rollout_cfg.vllm_max_model_len,
+                          kv_cache_gb=rollout_cfg.vllm_kv_cache_gb, seed=seed)
+    return TransformersEngine(model, tokenizer)

@@ -42,7 +42,7 @@ from .metrics import MetricsLogger
 from .models import load_model, tokenizer_fingerprint
 from .plots import plot_run
 from .rewards import RewardScorer, extracted
-from .rollout import SamplingParams, TransformersEngine
+from .rollout import SamplingParams, build_engine
 from .shift_monitor import monitored_rows, shift_metrics
 from .tasks import build_task, format_prompt
 
@@ -82,7 +82,7 @@ class Trainer:
         if cfg.train.shift_monitor:
             self.initial_model = self.ref_model if self._reference_is_initial() else \
                 copy.deepcopy(self.model).eval().requires_grad_(False)
-        self.engine = self._build_engine()
+        self.engine = build_engine(self.model, self.tokenizer, cfg.rollout, cfg.train.seed)
         self._engine_stale = False  # the policy changed since the engine last took its weights
         self._timing = {"sync": 0.0, "generate": 0.0, "score": 0.0, "train": 0.0}
         self._mismatch = {"sum": 0.0, "n": 0.0, "max": 0.0}
@@ -106,14 +106,6 @@ class Trainer:
     def _prompts(self, problems) -> list[str]:
         t = self.cfg.task
         return [format_prompt(p, self.tokenizer, t.instruction, t.system_prompt) for p in problems]
-
-    def _build_engine(self):
-        r = self.cfg.rollout
-        if r.engine == "vllm":
-            from .rollout_vllm import VLLMEngine
-            return VLLMEngine(self.model, self.tokenizer, max_model_len=r.vllm_max_model_len,
-                              kv_cache_gb=r.vllm_kv_cache_gb, seed=self.cfg.train.seed)
-        return TransformersEngine(self.model, self.tokenizer)
 
     def _sync_engine(self) -> float:
         """Give the rollout engine the current weights if they changed. Returns the seconds."""
