@@ -6,7 +6,7 @@ PIP := $(PY) -m pip
 # torch>=2.4 requirement is already met and pip never downloads a multi-GB CUDA build.
 TORCH ?= torch==2.13.0
 
-.PHONY: setup setup-vllm demo test test-slow test-vllm bench clean
+.PHONY: setup setup-vllm demo test lint test-slow test-vllm bench clean
 
 setup: $(VENV)/.installed
 
@@ -22,8 +22,11 @@ $(VENV)/.installed: pyproject.toml Makefile
 demo: setup
 	$(VENV)/bin/pivotal train
 
-test: setup
+test: setup lint
 	$(PY) -m pytest -q
+
+lint: setup
+	$(VENV)/bin/ruff check src tests benchmarks
 
 test-slow: setup
 	$(PY) -m pytest -q -m slow

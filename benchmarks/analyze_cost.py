@@ -21,8 +21,8 @@ import copy
 import statistics
 
 import torch
-from common import header, timed
 
+from common import header, timed
 from pivotal.analysis.shift import Response, build_batch, summary, token_table
 from pivotal.models import load_model
 from pivotal.rollout import SamplingParams, TransformersEngine

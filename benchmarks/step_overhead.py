@@ -41,12 +41,12 @@ def main() -> None:
         enc = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
 
         @torch.no_grad()
-        def generate():
+        def generate(enc=enc):
             return model.generate(**enc, do_sample=True, temperature=1.0, top_k=0, top_p=1.0,
                                   max_new_tokens=NEW_TOKENS, num_return_sequences=GROUP,
                                   pad_token_id=tokenizer.pad_token_id)
 
-        def forward_backward():
+        def forward_backward(batch=batch):
             model.train()
             ids, mask = batch.input_ids, batch.attention_mask
             logits = model(input_ids=ids, attention_mask=mask).logits

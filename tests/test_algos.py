@@ -11,9 +11,22 @@ import math
 import pytest
 import torch
 
-from pivotal.algos import (ADVANTAGES, AGGREGATIONS, CREDITS, KL_ESTIMATORS, LOSSES, LossOutput,
-                           aggregate_loss, apply_credit, dynamic_sampling_mask, group_stats,
-                           kl_per_token, kl_reward_penalty, overlong_penalty, truncation_mask)
+from pivotal.algos import (
+    ADVANTAGES,
+    AGGREGATIONS,
+    CREDITS,
+    KL_ESTIMATORS,
+    LOSSES,
+    LossOutput,
+    aggregate_loss,
+    apply_credit,
+    dynamic_sampling_mask,
+    group_stats,
+    kl_per_token,
+    kl_reward_penalty,
+    overlong_penalty,
+    truncation_mask,
+)
 from pivotal.batch import RolloutBatch
 from pivotal.registry import UnknownNameError
 

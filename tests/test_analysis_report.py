@@ -16,8 +16,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-import report_fixture
 
+import report_fixture
 from pivotal.analysis import report as R
 from pivotal.analysis.cli_report import add_parser
 

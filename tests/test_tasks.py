@@ -13,8 +13,21 @@ from pathlib import Path
 import pytest
 
 from pivotal.registry import UnknownNameError
-from pivotal.tasks import (TASKS, ArithmeticTask, CountdownTask, FileTask, HubTask, HubUnavailableError,
-                           Problem, Task, build_task, format_prompt, gsm8k_task, mawps_task, svamp_task)
+from pivotal.tasks import (
+    TASKS,
+    ArithmeticTask,
+    CountdownTask,
+    FileTask,
+    HubTask,
+    HubUnavailableError,
+    Problem,
+    Task,
+    build_task,
+    format_prompt,
+    gsm8k_task,
+    mawps_task,
+    svamp_task,
+)
 from pivotal.tasks.files import clean_number
 
 DATA_DIR = Path(__file__).resolve().parents[2] / "shared" / "data"

@@ -48,7 +48,7 @@ class RolloutBatch:
         """(B,) number of generated tokens."""
         return self.response_mask.sum(dim=1)
 
-    def select(self, index: torch.Tensor | list[int]) -> "RolloutBatch":
+    def select(self, index: torch.Tensor | list[int]) -> RolloutBatch:
         """A new batch holding the rows in `index` (a row subset for a mini-batch or a filter)."""
         index = torch.as_tensor(index, dtype=torch.long)
         out = {}
@@ -60,7 +60,7 @@ class RolloutBatch:
                 out[f.name] = None if value is None else value[index.to(value.device)]
         return RolloutBatch(**out)
 
-    def to(self, device: torch.device | str) -> "RolloutBatch":
+    def to(self, device: torch.device | str) -> RolloutBatch:
         moved = {f.name: getattr(self, f.name) for f in fields(self)}
         for k, v in moved.items():
             if isinstance(v, torch.Tensor):
@@ -70,7 +70,7 @@ class RolloutBatch:
         return replace(self, **moved)
 
     @staticmethod
-    def concat(batches: list["RolloutBatch"], pad_token_id: int) -> "RolloutBatch":
+    def concat(batches: list[RolloutBatch], pad_token_id: int) -> RolloutBatch:
         """Stack batches row-wise, re-padding prompts (left) and responses (right) to a common width."""
         if len(batches) == 1:
             return batches[0]

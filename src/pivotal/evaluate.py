@@ -88,11 +88,11 @@ def evaluate(model, tokenizer, problems: list[Problem], *, n_samples: int = 1,
     strict_ok = lenient_ok = 0
     greedy_lengths = []
     for problem, prompt, [(text, length)] in zip(problems, prompts, greedy):
-        s, l = judge(text, problem)
-        strict_ok += s
-        lenient_ok += l
+        ok_strict, ok_lenient = judge(text, problem)
+        strict_ok += ok_strict
+        lenient_ok += ok_lenient
         greedy_lengths.append(length)
-        records.append(_record(problem, prompt, text, length, "greedy", 0, s, l))
+        records.append(_record(problem, prompt, text, length, "greedy", 0, ok_strict, ok_lenient))
     N = len(problems)
     summary = {"num_problems": N, "greedy_strict": strict_ok / N, "greedy_lenient": lenient_ok / N,
                "greedy_mean_length": sum(greedy_lengths) / N,
@@ -109,12 +109,12 @@ def evaluate(model, tokenizer, problems: list[Problem], *, n_samples: int = 1,
         for problem, prompt, group in zip(problems, prompts, sampled):
             verdicts = []
             for j, (text, length) in enumerate(group):
-                s, l = judge(text, problem)
-                verdicts.append(l)
-                avg_strict += s
-                avg_lenient += l
+                ok_strict, ok_lenient = judge(text, problem)
+                verdicts.append(ok_lenient)
+                avg_strict += ok_strict
+                avg_lenient += ok_lenient
                 total_len += length
-                records.append(_record(problem, prompt, text, length, "sample", j, s, l))
+                records.append(_record(problem, prompt, text, length, "sample", j, ok_strict, ok_lenient))
             c = sum(verdicts)
             for k in ks:
                 pass_sums[k] += pass_at_k(n_samples, c, k)

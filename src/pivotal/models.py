@@ -13,7 +13,6 @@ Model specs:
 from __future__ import annotations
 
 import hashlib
-
 import importlib.util
 import logging
 import os

@@ -28,11 +28,19 @@ import torch
 from tqdm.auto import tqdm
 
 from . import checkpoint as ckpt
-from .algos import (ADVANTAGES, AGGREGATIONS, CREDITS, KL_ESTIMATORS, LOSSES, dynamic_sampling_mask,
-                    group_stats, kl_reward_penalty, overlong_penalty)
+from .algos import (
+    ADVANTAGES,
+    AGGREGATIONS,
+    CREDITS,
+    KL_ESTIMATORS,
+    LOSSES,
+    dynamic_sampling_mask,
+    group_stats,
+    kl_reward_penalty,
+    overlong_penalty,
+)
 from .algos.correction import logprob_mismatch, truncated_is_weights
-from .algos.labels import (agreement, corrective_advantage_gap, majority_labels,
-                           pseudo_label_accuracy, select_by_budget)
+from .algos.labels import agreement, corrective_advantage_gap, majority_labels, pseudo_label_accuracy, select_by_budget
 from .batch import RolloutBatch
 from .config import Config, reference_users, save_config, validate_config
 from .divergence import response_divergences

@@ -3,15 +3,14 @@
 Importing this package fills every registry.
 """
 
+# Token-level methods register themselves on import (credit functions and NSR losses).
+from pivotal.algos import nsr, token_credit  # noqa: E402,F401  (import order: after the registries)
 from pivotal.algos.advantages import ADVANTAGES, group_stats, register_advantage
 from pivotal.algos.aggregation import AGGREGATIONS, aggregate_loss, register_aggregation
 from pivotal.algos.credit import CREDITS, apply_credit, register_credit
 from pivotal.algos.kl import KL_ESTIMATORS, kl_per_token, kl_reward_penalty, register_kl
 from pivotal.algos.losses import LOSSES, LossOutput, masked_mean, register_loss
 from pivotal.algos.shaping import dynamic_sampling_mask, overlong_penalty, truncation_mask
-
-# Token-level methods register themselves on import (credit functions and NSR losses).
-from pivotal.algos import nsr, token_credit  # noqa: E402,F401  (import order: after the registries)
 
 __all__ = [
     "ADVANTAGES", "register_advantage", "group_stats",

@@ -19,7 +19,7 @@ matches and the split equality holds. It adds nothing to the numerator and never
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 from torch import Tensor
 

@@ -37,8 +37,17 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from pivotal.algos.losses import (LOG_RATIO_CLAMP, LossOutput, _frac, _log_ratio, _valid,
-                                  _zero_pad, gspo_loss, ppo_clip_loss, register_loss)
+from pivotal.algos.losses import (
+    LOG_RATIO_CLAMP,
+    LossOutput,
+    _frac,
+    _log_ratio,
+    _valid,
+    _zero_pad,
+    gspo_loss,
+    ppo_clip_loss,
+    register_loss,
+)
 
 _GENERATORS: dict[tuple[int, str], torch.Generator] = {}
 

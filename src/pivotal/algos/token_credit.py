@@ -41,7 +41,7 @@ may not set it). Each function still raises a clear ValueError when called witho
 from __future__ import annotations
 
 import math
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch import Tensor

@@ -10,14 +10,23 @@ Names: arithmetic, countdown, file, gsm8k, svamp, mawps, hub.
 from __future__ import annotations
 
 import inspect
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from pivotal.registry import Registry, suggest
 from pivotal.tasks.arithmetic import ArithmeticLevel, ArithmeticTask
 from pivotal.tasks.base import DEFAULT_INSTRUCTION, Problem, Task, format_prompt
 from pivotal.tasks.countdown import CountdownTask
-from pivotal.tasks.files import (PRESETS, FileTask, HubTask, HubUnavailableError, from_preset, gsm8k_task,
-                                 mawps_task, svamp_task)
+from pivotal.tasks.files import (
+    PRESETS,
+    FileTask,
+    HubTask,
+    HubUnavailableError,
+    from_preset,
+    gsm8k_task,
+    mawps_task,
+    svamp_task,
+)
 
 TASKS: Registry[Callable[..., Task]] = Registry("task")
 TASKS.register("arithmetic")(ArithmeticTask)

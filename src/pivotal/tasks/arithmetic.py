@@ -25,15 +25,16 @@ from __future__ import annotations
 
 import hashlib
 import random
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, fields
-from typing import Any, Iterable, Mapping, Sequence, Union
+from typing import Any
 
 from pivotal.tasks.base import Problem
 
 OPS = ("+", "-", "*")
 MAX_TRAIN_ATTEMPTS = 10_000
 
-DigitSpec = Union[int, Sequence[Any]]
+DigitSpec = int | Sequence[Any]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -233,7 +234,7 @@ class ArithmeticTask:
         self._eval: list[Problem] | None = None
 
     @classmethod
-    def mix(cls, levels: Sequence[ArithmeticLevel | Mapping[str, Any]], **options: Any) -> "ArithmeticTask":
+    def mix(cls, levels: Sequence[ArithmeticLevel | Mapping[str, Any]], **options: Any) -> ArithmeticTask:
         """A task drawing from several difficulty levels, each a dict with an optional weight."""
         return cls(levels=levels, **options)
 

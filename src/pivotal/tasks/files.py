@@ -36,10 +36,11 @@ import os
 import random
 import re
 import string
+from collections.abc import Iterator
 from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from pivotal.hub import env_offline as _env_offline
 from pivotal.hub import hub_reachable
