@@ -227,7 +227,7 @@ def test_share_prompt_gives_same_values(tiny, other_model, batch):
 
 def test_non_plain_head_fallback_matches(tiny, other_model, batch, monkeypatch):
     a = response_divergences(tiny[0], other_model, batch, chunk_tokens=4)
-    monkeypatch.setattr(divergence_module, "_plain_head", lambda model: False)
+    monkeypatch.setattr(divergence_module, "has_plain_head", lambda model: False)
     b = response_divergences(tiny[0], other_model, batch, chunk_tokens=4)
     for k in a:
         close(a[k], b[k], 1e-5)

@@ -84,6 +84,7 @@ def test_real_model_token_level_credit_with_a_frozen_base(tmp_path):
     ["algo.loss=ppo_clip_nsr", "optim.mini_batches=2"],
     ["reward.labels=cag_oracle", "reward.label_budget=0.5"],
     ["reward.labels=agreement", "reward.label_budget=0.5"],
+    ["algo.mtp_heads=2", "optim.mini_batches=2"],
 ])
 def test_real_model_every_token_level_method_trains(tmp_path, extra):
     """Slow: two steps of each issue-3 method on SmolLM2 give finite losses and gradients."""

@@ -125,6 +125,10 @@ class AlgoConfig:
     tis_cap: float = _f(0.0, "Truncated importance sampling for the sampler/trainer mismatch "
                         "(e.g. vLLM): each token's loss is weighted by min(pi_old/pi_sampler, "
                         "tis_cap). 0 = off; 2 is the common choice.")
+    mtp_heads: int = _f(0, "Multi-token-prediction heads attached to the policy and trained "
+                        "jointly with OCC coefficients (arXiv 2605.28184); 0 = none.")
+    occ_scale: float = _f(0.1, "OCC's s: head k's advantage is scaled by (s/K) * the calibrated "
+                          "coefficient. The authors use 0.1.")
 
 
 @dataclass
@@ -367,6 +371,10 @@ def validate_config(cfg: Config) -> None:
             raise ConfigError(f"rollout.engine=vllm: vLLM is not installed; {VLLM_INSTALL_HINT}")
     if cfg.algo.tis_cap != 0 and not cfg.algo.tis_cap >= 1:
         raise ConfigError(f"algo.tis_cap must be 0 (off) or at least 1, got {cfg.algo.tis_cap}")
+    if not 0 <= cfg.algo.mtp_heads <= 8:
+        raise ConfigError(f"algo.mtp_heads must be between 0 (none) and 8, got {cfg.algo.mtp_heads}")
+    if cfg.algo.mtp_heads and not cfg.algo.occ_scale > 0:
+        raise ConfigError(f"algo.occ_scale must be > 0 with MTP heads, got {cfg.algo.occ_scale}")
     if cfg.algo.old_logprobs not in ("rollout", "recompute"):
         raise ConfigError("algo.old_logprobs must be 'rollout' or 'recompute'")
     for path in ("rollout.prompts_per_step", "rollout.group_size", "rollout.max_new_tokens",

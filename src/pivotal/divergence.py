@@ -15,7 +15,7 @@ distribution differs from the base model's, and the per-token D_t of the diverge
 advantage [reconstruction], credit "divergence" in `pivotal.algos.token_credit`.
 
 Memory bound. The (N, V) logits of a batch's N response tokens are the large object (V ~ 49k).
-For plain-head models (`pivotal.logprobs._plain_head`) each model's final hidden states are
+For plain-head models (`pivotal.logprobs.has_plain_head`) each model's final hidden states are
 computed once ((B, T, H), small), the N valid positions are selected, and each LM head runs on at
 most `chunk_tokens` positions at a time: at most two (chunk_tokens, V) logits tensors, plus a
 constant number of same-sized temporaries (log-softmaxes, probabilities, the mixture), exist at
@@ -38,7 +38,7 @@ import torch
 from torch import Tensor
 
 from .batch import RolloutBatch
-from .logprobs import _plain_head, _response_states, trim_padding
+from .logprobs import _response_states, has_plain_head, trim_padding
 
 LN2 = math.log(2.0)
 RESPONSE_KEYS = ("js", "kl_policy_base", "kl_base_policy", "entropy_policy", "entropy_base",
@@ -115,7 +115,7 @@ def _valid_states(model, batch: RolloutBatch, mask: Tensor,
     if batch.response_ids.device != device:
         batch = batch.to(device)
     mask = mask.to(device)
-    plain = _plain_head(model)
+    plain = has_plain_head(model)
     states = _response_states(model, batch, share_prompt, want_hidden=plain)  # (B, T, H|V)
     return states[mask], plain
 

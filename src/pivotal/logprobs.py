@@ -81,7 +81,7 @@ def trim_padding(batch: RolloutBatch) -> RolloutBatch:
 _PLAIN_HEAD_MODELS = {"llama", "mistral", "qwen2", "qwen3", "smollm3", "olmo2"}
 
 
-def _plain_head(model) -> bool:
+def has_plain_head(model) -> bool:
     return getattr(model.config, "model_type", None) in _PLAIN_HEAD_MODELS
 
 
@@ -137,7 +137,7 @@ def _response_states(model, batch: RolloutBatch, share_prompt: bool,
 def response_logits(model, batch: RolloutBatch, temperature: float = 1.0,
                     share_prompt: bool = False) -> torch.Tensor:
     """Logits that predict each response token, divided by the temperature: (B, T, V)."""
-    if _plain_head(model):
+    if has_plain_head(model):
         logits = model.get_output_embeddings()(_response_states(model, batch, share_prompt, True))
     else:
         logits = _response_states(model, batch, share_prompt, False)
@@ -153,12 +153,34 @@ def policy_logprobs(model, batch: RolloutBatch, temperature: float = 1.0,
     (N, V) logits exist only for those N tokens, so right-padding costs no LM-head work and no
     log-softmax memory. The entropy carries a gradient only with `entropy_grad` (an entropy bonus).
     """
+    if has_plain_head(model):
+        states = _response_states(model, batch, share_prompt, True)
+        return logprobs_from_states(model, states, batch, temperature, with_entropy, entropy_grad)
+    logits = _response_states(model, batch, share_prompt, False)[batch.response_mask.bool()]
+    return _scatter_logprobs(logits, batch, temperature, with_entropy, entropy_grad)
+
+
+def response_hidden_states(model, batch: RolloutBatch, share_prompt: bool = True) -> torch.Tensor:
+    """(B, T, H) trunk states at the positions predicting each response token (plain-head models:
+    the LM head is a linear map of them), for callers that add their own heads (`pivotal.mtp`)."""
+    if not has_plain_head(model):
+        raise ValueError(f"model type '{model.config.model_type}' has no plain LM head over its "
+                         f"hidden states; known: {', '.join(sorted(_PLAIN_HEAD_MODELS))}")
+    return _response_states(model, batch, share_prompt, True)
+
+
+def logprobs_from_states(model, states: torch.Tensor, batch: RolloutBatch, temperature: float = 1.0,
+                         with_entropy: bool = False, entropy_grad: bool = False
+                         ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """`policy_logprobs` from the states of `response_hidden_states`: the LM head on real tokens."""
+    logits = model.get_output_embeddings()(states[batch.response_mask.bool()])  # (N, V)
+    return _scatter_logprobs(logits, batch, temperature, with_entropy, entropy_grad)
+
+
+def _scatter_logprobs(logits: torch.Tensor, batch: RolloutBatch, temperature: float,
+                      with_entropy: bool, entropy_grad: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(N, V) logits of the masked response tokens -> (B, T) log-probs and entropies."""
     mask = batch.response_mask.bool()
-    if _plain_head(model):
-        hidden = _response_states(model, batch, share_prompt, True)[mask]
-        logits = model.get_output_embeddings()(hidden)  # (N, V)
-    else:
-        logits = _response_states(model, batch, share_prompt, False)[mask]
     if temperature and temperature != 1.0:
         logits = logits / temperature
     flat_logp, flat_entropy = logprobs_and_entropy(logits, batch.response_ids[mask], with_entropy,

@@ -41,13 +41,21 @@ from .algos import (
 )
 from .algos.correction import logprob_mismatch, truncated_is_weights
 from .algos.labels import agreement, corrective_advantage_gap, majority_labels, pseudo_label_accuracy, select_by_budget
+from .algos.occ import occ_coefficients
 from .batch import RolloutBatch
 from .config import Config, reference_users, save_config, validate_config
 from .divergence import response_divergences
 from .evaluate import evaluate
-from .logprobs import policy_logprobs, trim_padding
+from .logprobs import (
+    has_plain_head,
+    logprobs_from_states,
+    policy_logprobs,
+    response_hidden_states,
+    trim_padding,
+)
 from .metrics import MetricsLogger
 from .models import load_model, tokenizer_fingerprint
+from .mtp import MTPHeads, mtp_logprobs
 from .plots import plot_run
 from .rewards import RewardScorer, extracted
 from .rollout import SamplingParams, build_engine
@@ -94,7 +102,8 @@ class Trainer:
         self._engine_stale = False  # the policy changed since the engine last took its weights
         self._timing = {"sync": 0.0, "generate": 0.0, "score": 0.0, "train": 0.0}
         self._mismatch = {"sum": 0.0, "n": 0.0, "max": 0.0}
-        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=cfg.optim.lr,
+        self.mtp = self._build_mtp_heads() if cfg.algo.mtp_heads else None
+        self.optimizer = torch.optim.AdamW(self._trainable(), lr=cfg.optim.lr,
                                            betas=tuple(cfg.optim.betas),
                                            weight_decay=cfg.optim.weight_decay)
         warmup = cfg.optim.warmup_steps
@@ -109,6 +118,21 @@ class Trainer:
         self._loss = LOSSES.get(cfg.algo.loss)
         self._aggregate = AGGREGATIONS.get(cfg.algo.aggregation)
         self._kl = KL_ESTIMATORS.get(cfg.algo.kl_estimator)
+
+    def _build_mtp_heads(self) -> MTPHeads:
+        """OCC's multi-token-prediction heads (`pivotal.mtp`), on the policy's device and dtype."""
+        if not has_plain_head(self.model):
+            raise ValueError(f"algo.mtp_heads needs a model whose LM head is a linear map of its "
+                             f"hidden states; '{self.cfg.model.name}' is a "
+                             f"{self.model.config.model_type} model")
+        param = next(self.model.parameters())
+        return MTPHeads(self.model.config.hidden_size, self.cfg.algo.mtp_heads).to(
+            device=param.device, dtype=param.dtype)
+
+    def _trainable(self) -> list[torch.nn.Parameter]:
+        """The parameters the optimizer steps: the policy's, and the MTP heads' when attached."""
+        params = list(self.model.parameters())
+        return params + list(self.mtp.parameters()) if self.mtp is not None else params
 
     # ------------------------------------------------------------------ rollout and scoring
     def _prompts(self, problems) -> list[str]:
@@ -335,11 +359,11 @@ class Trainer:
                     for k, v in m.items():
                         sums[k] = sums.get(k, 0.0) + v * w
                 if cfg.optim.max_grad_norm > 0:
-                    norm = torch.nn.utils.clip_grad_norm_(model.parameters(),
+                    norm = torch.nn.utils.clip_grad_norm_(self._trainable(),
                                                           cfg.optim.max_grad_norm)
                 else:
                     norm = torch.linalg.vector_norm(torch.stack(
-                        [p.grad.norm() for p in model.parameters() if p.grad is not None]))
+                        [p.grad.norm() for p in self._trainable() if p.grad is not None]))
                 grad_norms.append(float(norm))
                 self.optimizer.step()
                 self.scheduler.step()
@@ -358,9 +382,16 @@ class Trainer:
 
     def _micro_step(self, micro: RolloutBatch, on_policy: bool, totals: dict) -> dict:
         cfg = self.cfg
-        logp, entropy = policy_logprobs(self.model, micro, cfg.rollout.temperature,
-                                        with_entropy=True, entropy_grad=cfg.algo.entropy_coef > 0,
-                                        share_prompt=cfg.optim.share_prompt)
+        entropy_grad = cfg.algo.entropy_coef > 0
+        states = None
+        if self.mtp is not None:  # the heads read the trunk's states: compute them once
+            states = response_hidden_states(self.model, micro, cfg.optim.share_prompt)
+            logp, entropy = logprobs_from_states(self.model, states, micro, cfg.rollout.temperature,
+                                                 with_entropy=True, entropy_grad=entropy_grad)
+        else:
+            logp, entropy = policy_logprobs(self.model, micro, cfg.rollout.temperature,
+                                            with_entropy=True, entropy_grad=entropy_grad,
+                                            share_prompt=cfg.optim.share_prompt)
         mask = micro.response_mask
         if on_policy:  # pi_theta is pi_old here: use the exact values, so ratios are exactly 1
             micro.old_logprobs = logp.detach()
@@ -375,9 +406,11 @@ class Trainer:
         advantages = micro.advantages * multiplier
         out = self._loss(logp, old, advantages, mask, **cfg.algo.loss_options)
         per_token = out.per_token_loss
+        metrics = {k: float(v) for k, v in out.metrics.items()}
+        if self.mtp is not None:
+            per_token = per_token + self._mtp_loss(states, micro, logp, old, advantages, metrics)
         if micro.token_weights is not None:
             per_token = per_token * micro.token_weights
-        metrics = {k: float(v) for k, v in out.metrics.items()}
         if cfg.algo.tis_cap > 0 and sampler is not None:
             tis = truncated_is_weights(old, sampler, cfg.algo.tis_cap)
             per_token = per_token * tis
@@ -398,6 +431,23 @@ class Trainer:
         metrics["entropy"] = ((entropy.detach() * mask).sum() / mask.sum().clamp(min=1)).item()
         metrics["credit_mean"] = ((multiplier * mask).sum() / mask.sum().clamp(min=1)).item()
         return metrics
+
+    def _mtp_loss(self, states, micro: RolloutBatch, logp, old, advantages, metrics: dict):
+        """OCC (`pivotal.algos.occ`): the heads' policy losses with advantages A * c_k. (B, T)."""
+        cfg = self.cfg
+        head_lp, head_mask = mtp_logprobs(self.mtp, self.model.get_output_embeddings(), states,
+                                          micro.response_ids, micro.response_mask,
+                                          cfg.rollout.temperature)
+        coefs = occ_coefficients(head_lp, logp, old, head_mask, cfg.algo.occ_scale)
+        total = torch.zeros_like(logp)
+        for k in range(len(self.mtp)):
+            mask = head_mask[k].to(logp.dtype)
+            out = self._loss(head_lp[k], old, advantages * coefs[k], mask, **cfg.algo.loss_options)
+            total = total + out.per_token_loss * mask
+            n = mask.sum().clamp(min=1)
+            metrics[f"occ_coef_{k + 1}"] = float(coefs[k])
+            metrics[f"mtp_logprob_gap_{k + 1}"] = float(((head_lp[k] - old).detach() * mask).sum() / n)
+        return total
 
     def _reference_is_initial(self) -> bool:
         """The frozen reference is the initial policy and stays it (no ratchet)."""
@@ -471,6 +521,8 @@ class Trainer:
                  "scheduler": self.scheduler.state_dict(), "rng": ckpt.rng_state(),
                  "history": self.history, "config": self.cfg.to_dict(),
                  "labels_queried": self.labels_queried}
+        if self.mtp is not None:
+            state["mtp_heads"] = {k: v.detach().cpu() for k, v in self.mtp.state_dict().items()}
         if self.ref_model is not None and self._ratchets():  # the reference moved: keep it
             state["reference"] = {k: v.detach().cpu() for k, v in
                                   self.ref_model.state_dict().items()}
@@ -494,6 +546,11 @@ class Trainer:
             raise RuntimeError(f"checkpoint {path} does not match model '{self.cfg.model.name}'")
         if "reference" in state and self.ref_model is not None:
             self.ref_model.load_state_dict(state["reference"])
+        if self.mtp is not None:
+            if "mtp_heads" not in state:
+                raise RuntimeError(f"checkpoint {path} has no MTP heads, but algo.mtp_heads="
+                                   f"{self.cfg.algo.mtp_heads}")
+            self.mtp.load_state_dict(state["mtp_heads"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         ckpt.set_rng_state(state["rng"])
