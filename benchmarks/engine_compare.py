@@ -19,7 +19,7 @@ import torch
 from common import GROUP, NEW_TOKENS, header, setup, timed
 from pivotal.logprobs import policy_logprobs
 from pivotal.rollout import SamplingParams, TransformersEngine
-from pivotal.rollout_vllm import VLLMEngine
+from pivotal.rollout.vllm_engine import VLLMEngine
 
 
 def main() -> None:

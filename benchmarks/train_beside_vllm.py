@@ -19,7 +19,7 @@ import torch
 from common import header
 from pivotal.models import load_model
 from pivotal.rollout import SamplingParams
-from pivotal.rollout_vllm import VLLMEngine
+from pivotal.rollout.vllm_engine import VLLMEngine
 
 
 def main() -> None:

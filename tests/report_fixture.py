@@ -91,7 +91,7 @@ def _token_rows(i: int, problem_id: str, tokens: list[str], rng) -> list[dict]:
             "response": i, "problem_id": problem_id, "position": pos, "length": n,
             "rel_position": rel, "token_id": zlib.crc32(tok.encode()) % 49152, "token": tok,
             "js": js,
-            "kl_rl_base": 2.1 * js, "kl_base_rl": 1.9 * js, "entropy_base": h_base,
+            "kl_policy_base": 2.1 * js, "kl_base_policy": 1.9 * js, "entropy_base": h_base,
             "entropy_rl": h_base * (0.6 if shifted else 0.97), "logp_base": logp_base,
             "logp_rl": logp_rl, "dlogp": dlogp, "rank_base": rank_b, "rank_rl": rank_r,
             "topk_mass_base": float(sum(pb)), "topk_mass_rl_on_base_topk": float(

@@ -19,7 +19,7 @@ from pivotal.algos import (
     LOSSES,
     LossOutput,
     aggregate_loss,
-    apply_credit,
+    credit_requirements,
     dynamic_sampling_mask,
     group_stats,
     kl_per_token,
@@ -377,9 +377,7 @@ def test_identity_credit():
     adv = torch.tensor([[0.5, 0.5, 0.0], [-0.5, 0.0, 0.0]])
     batch = make_batch(adv)
     assert torch.equal(CREDITS.get("identity")(batch, None), torch.ones(2, 3))
-    assert torch.equal(apply_credit(batch, None, "identity"), adv)
-    with pytest.raises(ValueError, match="advantages"):
-        apply_credit(make_batch(None), None)
+    assert credit_requirements(CREDITS.get("identity"), {}) == frozenset()
 
 
 # ----------------------------------------------------------------------------------------------

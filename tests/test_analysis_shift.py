@@ -37,7 +37,7 @@ from pivotal.analysis.shift import (
 from pivotal.tasks import build_task, format_prompt
 
 LN2 = math.log(2.0)
-FLOATS = ("js", "kl_rl_base", "kl_base_rl", "entropy_base", "entropy_rl", "logp_base", "logp_rl",
+FLOATS = ("js", "kl_policy_base", "kl_base_policy", "entropy_base", "entropy_rl", "logp_base", "logp_rl",
           "dlogp", "topk_mass_base", "topk_mass_rl_on_base_topk")
 
 
@@ -110,8 +110,8 @@ def brute_force(base, rl, responses, pad_id):
             rows.append({
                 "js": float(0.5 * (pr * (logr - m.log())).sum()
                             + 0.5 * (pb * (logb - m.log())).sum()),
-                "kl_rl_base": float((pr * (logr - logb)).sum()),
-                "kl_base_rl": float((pb * (logb - logr)).sum()),
+                "kl_policy_base": float((pr * (logr - logb)).sum()),
+                "kl_base_policy": float((pb * (logb - logr)).sum()),
                 "entropy_base": float(-(pb * logb).sum()), "entropy_rl": float(-(pr * logr).sum()),
                 "logp_base": float(logb[y]), "logp_rl": float(logr[y]),
                 "dlogp": float(logr[y] - logb[y]),
@@ -146,8 +146,8 @@ def test_hand_values():
     expected = {
         "logp_base": math.log(0.3), "logp_rl": math.log(0.6), "dlogp": LN2,
         "topk_mass_base": 0.8, "topk_mass_rl_on_base_topk": 0.7, "js": js,
-        "kl_rl_base": sum(b * math.log(b / a) for a, b in zip(p, q)),
-        "kl_base_rl": sum(a * math.log(a / b) for a, b in zip(p, q)),
+        "kl_policy_base": sum(b * math.log(b / a) for a, b in zip(p, q)),
+        "kl_base_policy": sum(a * math.log(a / b) for a, b in zip(p, q)),
         "entropy_base": -sum(a * math.log(a) for a in p),
         "entropy_rl": -sum(b * math.log(b) for b in q)}
     for key, value in expected.items():
@@ -241,7 +241,7 @@ def test_chunking_gives_the_same_values(models, responses, table, chunk_tokens, 
 def test_identical_models_have_no_shift(models, responses):
     base, _, tok = models
     df = token_table(base, base, tok, responses, chunk_tokens=7)
-    assert (df["dlogp"] == 0).all() and (df["kl_rl_base"] == 0).all()
+    assert (df["dlogp"] == 0).all() and (df["kl_policy_base"] == 0).all()
     assert df["js"].abs().max() < 1e-6
     assert (df["rank_base"] == df["rank_rl"]).all()
     assert (df["logp_base"] == df["logp_rl"]).all()

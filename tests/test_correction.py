@@ -45,7 +45,7 @@ def test_unknown_engine_is_a_config_error():
 
 
 def test_vllm_engine_without_vllm_says_how_to_install(monkeypatch):
-    import pivotal.rollout_vllm as rv
+    import pivotal.rollout.vllm_engine as rv
     monkeypatch.setattr(rv, "vllm_available", lambda: False)
     with pytest.raises(ConfigError, match=r"pivotal\[vllm\]"):
         load_config(None, ["rollout.engine=vllm"])
@@ -67,7 +67,7 @@ def test_trainer_logs_the_sampler_gap_on_the_transformers_engine(tmp_path):
 
 
 def test_auto_engine_resolves_to_what_is_installed(monkeypatch):
-    import pivotal.rollout_vllm as rv
+    import pivotal.rollout.vllm_engine as rv
     monkeypatch.setattr(rv, "vllm_available", lambda: False)
     assert load_config(None, ["rollout.engine=auto"]).rollout.engine == "transformers"
     monkeypatch.setattr(rv, "vllm_available", lambda: True)

@@ -13,10 +13,10 @@ import torch
 
 import pivotal.algos.token_credit  # noqa: F401  (registers "divergence")
 import pivotal.divergence as divergence_module
-from pivotal.algos.credit import CREDITS, apply_credit
-from pivotal.algos.token_credit import DIVERGENCE_KINDS
+from pivotal.algos.credit import CREDITS, credit_requirements, merge_statistics
 from pivotal.batch import RolloutBatch
 from pivotal.divergence import (
+    DIVERGENCE_KINDS,
     distribution_divergences,
     mean_over_valid,
     response_divergences,
@@ -49,13 +49,13 @@ def logits_of(*probs):
 #   H(p) = ln 2 = 0.6931472;  H(q) = -0.9 ln 0.9 - 0.1 ln 0.1 = 0.0948245 + 0.2302585 = 0.3250830
 def test_hand_values():
     out = distribution_divergences(logits_of([0.5, 0.5]), logits_of([0.9, 0.1]))
-    assert set(out) == {"js", "kl_pq", "kl_qp", "entropy_p", "entropy_q"}
+    assert set(out) == {"js", "kl_policy_base", "kl_base_policy", "entropy_policy", "entropy_base"}
     assert all(v.dtype == torch.float32 and v.shape == (1,) for v in out.values())
-    close(out["kl_pq"], [0.5108256])
-    close(out["kl_qp"], [0.3680642])
+    close(out["kl_policy_base"], [0.5108256])
+    close(out["kl_base_policy"], [0.3680642])
     close(out["js"], [0.1017492])
-    close(out["entropy_p"], [0.6931472])
-    close(out["entropy_q"], [0.3250830])
+    close(out["entropy_policy"], [0.6931472])
+    close(out["entropy_base"], [0.3250830])
 
 
 def test_logit_shift_invariance_and_symmetry():
@@ -64,17 +64,17 @@ def test_logit_shift_invariance_and_symmetry():
     a, b = distribution_divergences(p, q), distribution_divergences(q, p)
     close(a["js"], [0.1017492])
     close(a["js"], b["js"])
-    close(a["kl_pq"], b["kl_qp"])
-    close(a["entropy_p"], b["entropy_q"])
+    close(a["kl_policy_base"], b["kl_base_policy"])
+    close(a["entropy_policy"], b["entropy_base"])
 
 
 def test_identical_distributions_give_zero():
     torch.manual_seed(0)
     logits = torch.randn(6, 50) * 4
     out = distribution_divergences(logits, logits.clone())
-    for k in ("js", "kl_pq", "kl_qp"):
+    for k in ("js", "kl_policy_base", "kl_base_policy"):
         close(out[k], torch.zeros(6))
-    close(out["entropy_p"], out["entropy_q"])
+    close(out["entropy_policy"], out["entropy_base"])
 
 
 def test_disjoint_support_is_finite():
@@ -86,10 +86,10 @@ def test_disjoint_support_is_finite():
     out = distribution_divergences(p, q)
     assert all(torch.isfinite(v).all() for v in out.values())
     close(out["js"], [LN2])
-    close(out["kl_pq"], [1e4], tol=1e-2)
-    close(out["kl_qp"], [1e4], tol=1e-2)
-    close(out["entropy_p"], [0.0])
-    close(out["entropy_q"], [0.0])
+    close(out["kl_policy_base"], [1e4], tol=1e-2)
+    close(out["kl_base_policy"], [1e4], tol=1e-2)
+    close(out["entropy_policy"], [0.0])
+    close(out["entropy_base"], [0.0])
 
 
 def test_exact_zeros_give_infinite_kl_but_no_nan():
@@ -98,8 +98,8 @@ def test_exact_zeros_give_infinite_kl_but_no_nan():
     out = distribution_divergences(p, q)
     assert not any(torch.isnan(v).any() for v in out.values())
     close(out["js"], [LN2])
-    assert torch.isinf(out["kl_pq"]).all() and torch.isinf(out["kl_qp"]).all()
-    close(out["entropy_p"], [0.0])
+    assert torch.isinf(out["kl_policy_base"]).all() and torch.isinf(out["kl_base_policy"]).all()
+    close(out["entropy_policy"], [0.0])
 
 
 def test_random_rows_match_direct_computation():
@@ -109,11 +109,11 @@ def test_random_rows_match_direct_computation():
     p, q = lp.softmax(-1), lq.softmax(-1)
     m = (p + q) / 2
     kl = lambda a, b: (a * (a / b).log()).sum(-1)
-    close(out["kl_pq"], kl(p, q).float(), 1e-5)
-    close(out["kl_qp"], kl(q, p).float(), 1e-5)
+    close(out["kl_policy_base"], kl(p, q).float(), 1e-5)
+    close(out["kl_base_policy"], kl(q, p).float(), 1e-5)
     close(out["js"], (0.5 * kl(p, m) + 0.5 * kl(q, m)).float(), 1e-5)
-    close(out["entropy_p"], (-(p * p.log()).sum(-1)).float(), 1e-5)
-    close(out["entropy_q"], (-(q * q.log()).sum(-1)).float(), 1e-5)
+    close(out["entropy_policy"], (-(p * p.log()).sum(-1)).float(), 1e-5)
+    close(out["entropy_base"], (-(q * q.log()).sum(-1)).float(), 1e-5)
     assert torch.all(out["js"] >= 0) and torch.all(out["js"] <= LN2)
 
 
@@ -267,7 +267,7 @@ def credit_batch(extras_divergence=None, advantages=None):
         old_logprobs=torch.zeros(2, 3), group_ids=torch.zeros(2, dtype=torch.long),
         truncated=torch.zeros(2, dtype=torch.bool), advantages=advantages)
     if extras_divergence is not None:
-        b.extras["divergence"] = extras_divergence
+        b.divergence = extras_divergence
     return b
 
 
@@ -276,8 +276,9 @@ D_WIDE = torch.tensor([[0.1, 0.3, 0.2, 100.0, 100.0],
 FN = CREDITS.get("divergence")
 
 
-def test_credit_needs_and_kinds():
-    assert FN.needs == frozenset({"divergence"})
+def test_credit_requirements_and_kinds():
+    assert credit_requirements(FN, {}) == frozenset({"divergence:js"})
+    assert credit_requirements(FN, {"kind": "kl_base_policy"}) == frozenset({"divergence:kl_base_policy"})
     assert DIVERGENCE_KINDS == ("js", "kl_policy_base", "kl_base_policy")
 
 
@@ -294,13 +295,37 @@ def test_credit_hand_values(normaliser, expected):
     close(w0, expected, 1e-12)
 
 
-def test_credit_default_is_mean_alpha_one_and_apply_credit():
+def test_credit_default_is_mean_alpha_one():
     # alpha 1, mean 0.25: 1 + 0.4 = 1.4, 1 + 1.2 = 2.2, 1.8, 2.6; advantages 2 and -1 per row
     adv = torch.tensor([[2.0, 2.0, 2.0], [-1.0, -1.0, -1.0]])
     batch = credit_batch(D_WIDE[:, :3].clone(), adv)
     close(FN(batch, None), [[1.4, 2.2, 1.8], [2.6, 1.0, 1.0]], 1e-6)
-    out = apply_credit(batch, None, "divergence", {"alpha": 1.0, "kind": "kl_policy_base"})
+    out = batch.advantages * FN(batch, None, alpha=1.0, kind="kl_policy_base")
     close(out, [[2.8, 4.4, 3.6], [-2.6, -1.0, -1.0]], 1e-6)
+
+
+def test_credit_normaliser_is_the_mini_batch_s_not_the_micro_batch_s():
+    """D = [[1], [3]], alpha 1, mean: one batch gives [1.5, 2.5]; split into two rows with the
+    mini-batch statistics, the same (without them each row alone would give [2.0, 2.0])."""
+    mask = torch.ones(2, 1)
+    b = RolloutBatch(prompt_ids=torch.zeros(2, 1, dtype=torch.long),
+                     prompt_mask=torch.ones(2, 1, dtype=torch.long),
+                     response_ids=torch.zeros(2, 1, dtype=torch.long), response_mask=mask,
+                     old_logprobs=torch.zeros(2, 1), group_ids=torch.zeros(2, dtype=torch.long),
+                     truncated=torch.zeros(2, dtype=torch.bool), divergence=torch.tensor([[1.0], [3.0]]))
+    for normaliser, expected in (("mean", [1.5, 2.5]), ("max", [4 / 3, 2.0])):
+        whole = FN(b, None, normaliser=normaliser, eps=0.0)
+        close(whole.squeeze(-1), expected, 1e-6)
+        stats = FN.minibatch_statistics(b)
+        parts = torch.cat([FN(b.select([i]), None, normaliser=normaliser, eps=0.0, stats=stats)
+                           for i in range(2)])
+        close(parts.squeeze(-1), expected, 1e-6)
+        alone = torch.cat([FN(b.select([i]), None, normaliser=normaliser, eps=0.0) for i in range(2)])
+        close(alone.squeeze(-1), [2.0, 2.0], 1e-6)  # what the per-micro-batch normaliser gave
+    parts = [FN.minibatch_statistics(b.select([i])) for i in range(2)]
+    merged = merge_statistics(parts)
+    for key, value in FN.minibatch_statistics(b).items():
+        close(merged[key], value, 0.0)
 
 
 def test_credit_max_weight_caps_only_the_large_weights():
@@ -314,8 +339,8 @@ def test_credit_all_zero_divergence_gives_ones():
     close(w, torch.ones(2, 3), 0.0)
 
 
-def test_credit_missing_extras_raises():
-    with pytest.raises(ValueError, match="needs per-token divergences against a base model"):
+def test_credit_missing_divergence_raises():
+    with pytest.raises(ValueError, match="needs per-token divergences against the reference"):
         FN(credit_batch(), None)
 
 
@@ -346,7 +371,7 @@ def test_credit_bad_shape_or_nonfinite_raises():
 def test_credit_on_real_divergences(tiny, other_model, batch):
     out = response_divergences(tiny[0], other_model, batch)
     batch = batch.select(torch.arange(batch.size))
-    batch.extras["divergence"] = out["js"]
+    batch.divergence = out["js"]
     w = FN(batch, None, alpha=0.5)
     valid = batch.response_mask.bool()
     assert torch.all(w[~valid] == 1) and torch.all(w[valid] > 1)

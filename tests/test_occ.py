@@ -4,11 +4,10 @@ the main head, and the trainer with heads attached (tiny model; the real model i
 import pytest
 import torch
 
-from pivotal.algos.occ import occ_coefficients
+from pivotal.auxiliary.occ import MTPHeads, mtp_logprobs, occ_coefficients
 from pivotal.config import ConfigError, load_config
 from pivotal.logprobs import response_hidden_states
 from pivotal.metrics import read_metrics
-from pivotal.mtp import MTPHeads, mtp_logprobs
 from pivotal.rollout import SamplingParams, TransformersEngine
 from pivotal.trainer import Trainer
 from test_trainer import _deterministic, tiny_config
@@ -76,9 +75,10 @@ def test_fresh_heads_give_the_main_heads_distribution_shifted(tiny):
 def test_trainer_trains_the_heads_and_resumes_them(tmp_path):
     extra = {"algo.mtp_heads": 2, "train.save_every": 2}
     full = Trainer(tiny_config(tmp_path / "full", **extra), progress=False)
-    assert full.mtp is not None and all(p.abs().sum() == 0 for p in full.mtp.parameters())
+    (heads,) = full.auxiliary
+    assert all(p.abs().sum() == 0 for p in heads.parameters())
     full.train()
-    assert any(p.abs().sum() > 0 for p in full.mtp.parameters())  # the heads learned
+    assert any(p.abs().sum() > 0 for p in heads.parameters())  # the heads learned
     rows = read_metrics(tmp_path / "full" / "metrics.jsonl")
     assert {"occ_coef_1", "occ_coef_2", "mtp_logprob_gap_1"} <= set(rows[0])
     assert any(r["occ_coef_1"] != 0 for r in rows)  # 2 mini-batches: the second one moves c_k
@@ -88,8 +88,8 @@ def test_trainer_trains_the_heads_and_resumes_them(tmp_path):
     resumed = Trainer(tiny_config(part, **extra), progress=False)
     resumed.train(resume=True)
     assert _deterministic(read_metrics(part / "metrics.jsonl")) == _deterministic(rows)
-    for k, v in full.mtp.state_dict().items():
-        torch.testing.assert_close(resumed.mtp.state_dict()[k], v, rtol=0, atol=0)
+    for k, v in heads.state_dict().items():
+        torch.testing.assert_close(resumed.auxiliary[0].state_dict()[k], v, rtol=0, atol=0)
 
 
 @pytest.mark.parametrize("override, culprit", [

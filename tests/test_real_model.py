@@ -66,11 +66,11 @@ def test_real_model_token_level_credit_with_a_frozen_base(tmp_path):
     trainer = Trainer(cfg, progress=False)
     first = trainer.train_step()
     assert first["shift_frac_0.1"] == 0.0  # sampled from the initial policy itself
-    d1 = trainer.last_batch.extras["divergence"]
+    d1 = trainer.last_batch.divergence
     assert float(d1.abs().max()) < 1e-5  # the policy is still the base model
     trainer.step += 1
     trainer.train_step()
-    d2 = trainer.last_batch.extras["divergence"]
+    d2 = trainer.last_batch.divergence
     mask = trainer.last_batch.response_mask.bool()
     assert torch.isfinite(d2[mask]).all() and float(d2[mask].min()) >= 0
     assert float(d2[mask].max()) <= 0.6932  # JS is bounded by ln 2

@@ -6,6 +6,7 @@ import ast
 import itertools
 import json
 import operator
+import os
 import time
 from fractions import Fraction
 from pathlib import Path
@@ -30,12 +31,12 @@ from pivotal.tasks import (
 )
 from pivotal.tasks.files import clean_number
 
-DATA_DIR = Path(__file__).resolve().parents[2] / "shared" / "data"
+DATA_DIR = Path(os.environ["PIVOTAL_DATA_DIR"]) if os.environ.get("PIVOTAL_DATA_DIR") else None
 
 
 def needs_data() -> Path:
-    if not (DATA_DIR / "gsm8k_train.jsonl").is_file():
-        pytest.skip(f"benchmark data not found in {DATA_DIR}")
+    if DATA_DIR is None or not (DATA_DIR / "gsm8k_train.jsonl").is_file():
+        pytest.skip(f"benchmark data not found (PIVOTAL_DATA_DIR={DATA_DIR})")
     return DATA_DIR
 
 

@@ -14,7 +14,7 @@ import torch
 
 import pivotal.algos.nsr  # noqa: F401  (registers ppo_clip_nsr, gspo_nsr)
 import pivotal.algos.token_credit  # noqa: F401  (registers fipo, dlogp, owpo)
-from pivotal.algos.credit import CREDITS, apply_credit
+from pivotal.algos.credit import CREDITS, credit_requirements
 from pivotal.algos.losses import LOSSES
 from pivotal.algos.nsr import reset_generators
 from pivotal.algos.token_credit import reverse_discounted_cumsum
@@ -44,10 +44,10 @@ def per_row(values, T):
     return torch.tensor(values, dtype=D)[:, None].expand(-1, T).clone()
 
 
-def test_needs_attribute():
-    assert CREDITS.get("fipo").needs == frozenset({"logprobs"})
-    assert CREDITS.get("dlogp").needs == frozenset()
-    assert CREDITS.get("owpo").needs == frozenset({"logprobs", "ref_logprobs"})
+def test_requirements():
+    assert credit_requirements(CREDITS.get("fipo"), {}) == frozenset({"logprobs"})
+    assert credit_requirements(CREDITS.get("dlogp"), {"c": 0.2}) == frozenset()
+    assert credit_requirements(CREDITS.get("owpo"), {}) == frozenset({"logprobs", "ref_logprobs"})
 
 
 # ----------------------------------------------------------------------------------------------
@@ -147,8 +147,8 @@ def test_fipo_drop_multi_dual_clipped():
     assert torch.equal(f, torch.ones(4, 4, dtype=D))
     f = CREDITS.get("fipo")(batch, old + d, tau=1.0, drop_multi_dual_clipped=True)
     close(f, [[0.0, 0.0, 0.0, 1.0], [1.0] * 4, [1.0] * 4, [1.0] * 4])  # padding stays 1
-    # through apply_credit the dropped sequence's advantages are 0
-    out = apply_credit(batch, old + d, "fipo", {"tau": 1.0, "drop_multi_dual_clipped": True})
+    # as the objective applies it (A * c), the dropped sequence's advantages are 0
+    out = batch.advantages * CREDITS.get("fipo")(batch, old + d, tau=1.0, drop_multi_dual_clipped=True)
     close(out, [[0.0] * 4, [-1.0] * 4, [1.0] * 4, [-1.0, 0.0, 0.0, 0.0]])
 
 
@@ -257,7 +257,7 @@ def test_owpo_values():
 def test_owpo_errors():
     batch, lp = owpo_inputs()
     no_ref = make_batch(batch.old_logprobs, batch.response_mask, batch.advantages)
-    with pytest.raises(ValueError, match="ref_logprobs.*kl_beta"):
+    with pytest.raises(ValueError, match="ref_logprobs.*model.reference"):
         CREDITS.get("owpo")(no_ref, lp)
     with pytest.raises(ValueError, match="logprobs"):
         CREDITS.get("owpo")(batch, None)
@@ -302,7 +302,7 @@ def test_ppo_clip_nsr_positive_monte_carlo():
         E[grad] = -A r E[u; u <= (1+eps_h)/r] = -A r ((1+eps_h)/r)^2 / 2 = -A (1+eps_h)^2 / (2 r)
                 = -1.6384 / 4 = -0.4096,
     which is (1+eps_h)^2 / (2 r^2) = 1.6384/8 = 0.2048 times the unclipped gradient -A r = -2
-    (METHODS.md's decay factor). Std of one draw ~0.43, so 20000 draws give ~0.7 % error.
+    (FIPO's decay factor). Std of one draw ~0.43, so 20000 draws give ~0.7 % error.
     """
     lp, old, adv, mask = wide(2.0, 1.0)
     out = LOSSES.get("ppo_clip_nsr")(lp, old, adv, mask, seed=0)

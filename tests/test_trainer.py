@@ -152,7 +152,7 @@ def test_algorithm_variants_train(tmp_path, extra):
     if cfg.algo.kl_beta == 0 and cfg.algo.credit not in ("owpo", "divergence"):
         assert trainer.ref_model is None  # beta 0: no reference model is loaded at all
     if cfg.algo.credit == "divergence":
-        divergence = trainer.last_batch.extras["divergence"]
+        divergence = trainer.last_batch.divergence
         assert divergence.shape == trainer.last_batch.response_mask.shape
         # the rollout (old) policy of step 2 against the frozen base: step 1 moved it
         mask = trainer.last_batch.response_mask
@@ -197,11 +197,10 @@ def test_active_labels_use_truth_only_for_the_chosen_groups(tmp_path):
         cfg = tiny_config(tmp_path, **{"reward.labels": labels, "reward.label_budget": budget,
                                        "reward.components": "[{name: task}]"})
         trainer = Trainer(cfg, progress=False)
-        batch = type("B", (), {})()
-        batch.group_ids = torch.tensor([0] * 4 + [1] * 4)
-        batch.rewards = torch.tensor([1.0, 1, 1, 0, 0, 0, 0, 1])  # against the truth
-        rewards = trainer._active_label_rewards(texts, expanded, batch)
-        return rewards.tolist(), trainer._label_metrics
+        group_ids = torch.tensor([0] * 4 + [1] * 4)
+        true = torch.tensor([1.0, 1, 1, 0, 0, 0, 0, 1])  # against the truth
+        rewards, metrics = trainer.active_labels(texts, expanded, true, group_ids)
+        return rewards.tolist(), metrics
 
     pseudo, m = run("pseudo", 0.2)
     assert pseudo == [1, 1, 1, 0, 1, 1, 1, 0]  # group b trains toward its wrong majority, 9
@@ -240,18 +239,18 @@ def test_shift_monitor_logs_sparsity_against_the_initial_policy(tmp_path):
     rows = monitored_rows(batch.size, 3)
     assert rows.tolist() == [0, 4, 7]  # 8 responses, 3 spread evenly
     sub = batch.select(rows)
-    initial = trainer._logprobs_no_grad(trainer.initial_model, sub)
+    initial = trainer._logprobs(trainer.shift_monitor.initial_model, sub)
     expected = shift_metrics(sub.old_logprobs - initial, sub.response_mask, [0.1, 0.5, 1.0])
     for key, value in expected.items():
         assert second[key] == pytest.approx(value, abs=1e-5), key
     assert second["shift_mean_abs_dlogp"] > 0  # lr 1e-3 on a tiny model moves it
     # the initial model really is the initial policy: frozen, distinct from the trained one
-    assert not any(p.requires_grad for p in trainer.initial_model.parameters())
+    assert not any(p.requires_grad for p in trainer.shift_monitor.initial_model.parameters())
 
 
 def test_shift_monitor_reuses_the_initial_reference_for_free(tmp_path):
     trainer = Trainer(tiny_config(tmp_path, **{"train.shift_monitor": True,
                                                "algo.kl_beta": 0.01}), progress=False)
-    assert trainer.initial_model is trainer.ref_model
+    assert trainer.shift_monitor.initial_model is trainer.ref_model
     m = trainer.train_step()
     assert "shift_frac_0.5" in m

@@ -17,7 +17,7 @@ from pivotal.logprobs import policy_logprobs  # noqa: E402
 from pivotal.metrics import read_metrics  # noqa: E402
 from pivotal.models import load_model  # noqa: E402
 from pivotal.rollout import SamplingParams, TransformersEngine  # noqa: E402
-from pivotal.rollout_vllm import VLLMEngine  # noqa: E402
+from pivotal.rollout.vllm_engine import VLLMEngine  # noqa: E402
 from pivotal.tasks import format_prompt  # noqa: E402
 from pivotal.tasks.arithmetic import ArithmeticTask  # noqa: E402
 
@@ -127,8 +127,8 @@ def test_trainer_runs_grpo_steps_on_vllm(tmp_path):
         assert 0.9 < r["tis_weight"] <= 2.0
     assert all(r["time_sync"] > 0 for r in rows[1:])  # synced after every update
     # the last update reaches the engine before its next use (here: an explicit sync)
-    assert trainer._engine_stale
-    trainer._sync_engine()
+    assert trainer.engine_stale
+    trainer.sync_engine()
     batch, _ = trainer.engine.generate(_prompts(trainer.tokenizer), 2,
                                        SamplingParams(max_new_tokens=16), seed=1)
     assert _max_diff(trainer.model, batch) < TOLERANCE

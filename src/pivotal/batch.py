@@ -26,7 +26,9 @@ class RolloutBatch:
     correct: torch.Tensor | None = None        # (B,) bool, verifier says correct
     advantages: torch.Tensor | None = None     # (B, T) float
     token_weights: torch.Tensor | None = None  # (B, T) float, per-token loss weights (default 1)
-    ref_logprobs: torch.Tensor | None = None   # (B, T) float, frozen reference (when beta > 0)
+    ref_logprobs: torch.Tensor | None = None   # (B, T) float, the frozen reference's log-probs
+    sampler_logprobs: torch.Tensor | None = None  # (B, T) float, the rollout engine's own log-probs
+    divergence: torch.Tensor | None = None     # (B, T) float, per-token divergence vs the reference
     extras: dict[str, Any] = field(default_factory=dict)  # per-row tensors or lists added by stages
 
     @property

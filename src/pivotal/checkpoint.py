@@ -21,6 +21,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from .errors import ModelLoadError
+
 STATE_FILE = "trainer_state.pt"
 LATEST = "latest"
 
@@ -115,3 +117,18 @@ def latest_checkpoint(root: str | Path) -> Path | None:
 
 def load_trainer_state(checkpoint: Path) -> dict:
     return torch.load(checkpoint / STATE_FILE, map_location="cpu", weights_only=False)
+
+
+def load_model_weights(checkpoint: Path, model, model_name: str) -> None:
+    """Load a checkpoint's model.safetensors into `model` in place.
+
+    A model with tied embeddings saves the shared matrix once (no lm_head entry), so a missing
+    lm_head is expected; any other missing or unexpected key means another model, and raises.
+    """
+    from safetensors.torch import load_file
+
+    device = next(model.parameters()).device
+    weights = load_file(checkpoint / "model.safetensors", device=str(device))
+    missing, unexpected = model.load_state_dict(weights, strict=False)
+    if unexpected or any("lm_head" not in k for k in missing):
+        raise ModelLoadError(f"checkpoint {checkpoint} does not match model '{model_name}'")

@@ -3,7 +3,7 @@
     pivotal train                                   # the built-in demo (SmolLM2-135M, arithmetic)
     pivotal train configs/gsm8k.yaml optim.lr=2e-6  # a config file plus dotted overrides
     pivotal train configs/demo.yaml --resume        # continue from the last good checkpoint
-    pivotal eval --model runs/demo/checkpoints/step_000020 --data ../shared/data/svamp_test.jsonl
+    pivotal eval --model runs/demo/checkpoints/step_000020 --data $PIVOTAL_DATA_DIR/svamp_test.jsonl
     pivotal eval --model runs/demo/checkpoints/step_000030 --extrapolate-base smollm2-135m
     pivotal analyze --rl runs/demo/checkpoints/step_000030 --out runs/analyze   # per-token shift
     pivotal cross-sample --rl runs/demo/checkpoints/step_000030 --out runs/analyze
@@ -23,7 +23,7 @@ from pathlib import Path
 from .analysis import cli_analyze, cli_cross_sample, cli_report
 from .analysis.cli_cross_sample import add_extrapolation_args, extrapolation_engine_from_args
 from .config import ConfigError, describe_keys, load_config
-from .models import ModelLoadError
+from .errors import PivotalError
 from .registry import UnknownNameError
 
 
@@ -173,9 +173,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.fn(args)
     except ConfigError as e:
+        if args.debug:
+            raise
         print(f"pivotal: config error: {e}", file=sys.stderr)
         return 2
-    except (ModelLoadError, UnknownNameError, FileNotFoundError, ValueError, ImportError) as e:
+    except (PivotalError, UnknownNameError, FileNotFoundError, ValueError, ImportError) as e:
         # bad input (a file, a row, a name): the message says which; --debug shows the traceback
         if args.debug:
             raise

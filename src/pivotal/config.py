@@ -1,9 +1,9 @@
-"""Configuration: nested dataclasses, YAML files, dotted command-line overrides, early validation.
+"""Configuration: nested dataclasses, YAML files, dotted command-line overrides.
 
 `load_config("configs/demo.yaml", ["algo.loss=gspo", "optim.lr=2e-6"])` reads the file, applies the
-overrides (values parsed as YAML scalars) and validates everything that can be checked before a
-model loads: unknown keys (with the nearest valid name suggested), unknown method names, option
-names a method does not take, and out-of-range numbers.
+overrides (values parsed as YAML scalars), rejects unknown keys (with the nearest valid name
+suggested) and wrongly typed values, resolves the config (`resolve_config`) and validates it
+(`pivotal.validation`: method names, method options, ranges).
 """
 
 from __future__ import annotations
@@ -11,23 +11,32 @@ from __future__ import annotations
 import copy
 import dataclasses
 import difflib
-import inspect
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-
-class ConfigError(ValueError):
-    """Bad configuration; the message names the key at fault."""
+from .errors import ConfigError
 
 
-def _f(default, help: str):
-    """A dataclass field with help text (shown by `pivotal config --help-keys`)."""
+def _f(default, help: str, registry: str | None = None):
+    """A dataclass field with help text (shown by `pivotal config --keys`); `registry` names the
+    registry whose entries the key takes, listed in the help from the registry itself."""
+    metadata = {"help": help, "registry": registry}
     if isinstance(default, (dict, list)):
-        return field(default_factory=lambda: copy.deepcopy(default), metadata={"help": help})
-    return field(default=default, metadata={"help": help})
+        return field(default_factory=lambda: copy.deepcopy(default), metadata=metadata)
+    return field(default=default, metadata=metadata)
+
+
+def _registry(name: str):
+    """The registry a config key takes its names from (imported late: it fills on import)."""
+    from . import algos
+    from .algos.labels import LABEL_SELECTORS
+    from .tasks import TASKS
+    return {"advantage": algos.ADVANTAGES, "loss": algos.LOSSES, "aggregation": algos.AGGREGATIONS,
+            "credit": algos.CREDITS, "kl": algos.KL_ESTIMATORS, "labels": LABEL_SELECTORS,
+            "task": TASKS}[name]
 
 
 # The built-in demo: sums and differences where SmolLM2-135M is right ~16% of the time greedily and
@@ -35,9 +44,6 @@ def _f(default, help: str):
 DEMO_TASK_OPTIONS = {"levels": [{"ops": ["+"], "digits": 2},
                                 {"ops": ["-"], "digits": [[2, 2], [1, 1]]},
                                 {"ops": ["+"], "digits": [[2, 2], [1, 1]]}]}
-
-
-LABEL_MODES = ("all", "pseudo", "cag_oracle", "agreement")
 
 
 @dataclass
@@ -57,7 +63,7 @@ class ModelConfig:
 
 @dataclass
 class TaskConfig:
-    name: str = _f("arithmetic", "arithmetic | countdown | file | gsm8k | svamp | mawps | hub.")
+    name: str = _f("arithmetic", "The task (its problems and verifier).", "task")
     options: dict = _f(DEMO_TASK_OPTIONS, "Keyword options of the task constructor (e.g. levels, "
                        "path, seed). Default: the demo's 2-digit arithmetic mix.")
     instruction: str = _f("Put the final answer in \\boxed{}.", "Appended to every question.")
@@ -86,32 +92,38 @@ class RewardConfig:
                           "verifier, 'math', 'math_strict', 'countdown', 'format') or "
                           "'module:function'. The first component defines correctness.")
     extract: list = _f(["boxed", "hash", "last_number"],
-                       "Answer extraction order for 'math'/'task' rewards and evaluation.")
+                       "Answer extraction order for the built-in rewards that take one ('math', "
+                       "'task') and for active-label votes. Evaluation reports two fixed "
+                       "extractions instead: strict (boxed only) and lenient (boxed, ####, last "
+                       "number).")
     timeout_s: float = _f(10.0, "Per-call timeout of a reward function; a timeout scores 0.")
     overlong_buffer: int = _f(0, "DAPO overlong shaping buffer L_buf in tokens (0 = off). "
                               "DAPO (arXiv:2503.14476): 4096 of 20480.")
     overlong_factor: float = _f(1.0, "DAPO overlong penalty at the length cap.")
     mask_truncated: bool = _f(False, "DAPO overlong filtering: truncated responses get no loss.")
     labels: str = _f("all", "Which prompts train on their ground-truth label (CAG / CARE active "
-                     "labels): all | pseudo (majority vote only) | cag_oracle (true labels for "
-                     "the top label_budget prompts by corrective advantage gap; an oracle upper "
-                     "bound that peeks at every label to choose) | agreement (true labels for "
-                     "the label_budget prompts whose samples agree least; label-free choice).")
+                     "labels): all, or a label selector: pseudo (majority vote only), cag_oracle "
+                     "(true labels for the top label_budget prompts by corrective advantage gap; "
+                     "an oracle upper bound that peeks at every label to choose), agreement (true "
+                     "labels for the label_budget prompts whose samples agree least; label-free).",
+                     "labels")
     label_budget: float = _f(0.2, "Fraction of each step's prompts whose true label is queried.")
 
 
 @dataclass
 class AlgoConfig:
-    advantage: str = _f("grpo", "grpo | dr_grpo | rloo | reinforce_pp_baseline.")
+    advantage: str = _f("grpo", "Advantage estimator.", "advantage")
     advantage_options: dict = _f({}, "e.g. {std_scale: group|batch|none, eps: 1e-6}.")
-    loss: str = _f("ppo_clip", "ppo_clip | gspo | vanilla_pg.")
+    loss: str = _f("ppo_clip", "Policy loss.", "loss")
     loss_options: dict = _f({}, "e.g. ppo_clip {clip_low: 0.2, clip_high: 0.28, dual_clip: 3}.")
-    aggregation: str = _f("token-mean", "token-mean (DAPO) | seq-mean-token-mean (GRPO, GSPO) | "
-                          "seq-mean-token-sum | seq-mean-token-sum-norm (Dr.GRPO).")
-    credit: str = _f("identity", "Per-token credit: a registered (B,T) multiplier on advantages.")
+    aggregation: str = _f("token-mean", "Loss aggregation: token-mean (DAPO), seq-mean-token-mean "
+                          "(GRPO, GSPO), seq-mean-token-sum-norm (Dr.GRPO), ...", "aggregation")
+    credit: str = _f("identity", "Per-token credit: a registered (B,T) multiplier on advantages.",
+                     "credit")
     credit_options: dict = _f({}, "Keyword options of the credit function.")
-    kl_beta: float = _f(0.0, "KL-to-reference coefficient; 0 = no reference model is loaded.")
-    kl_estimator: str = _f("k3", "k1 | k2 | k3 (Schulman's estimators).")
+    kl_beta: float = _f(0.0, "KL-to-reference coefficient; 0 = no KL term (a reference model is "
+                        "then loaded only if the credit method reads one).")
+    kl_estimator: str = _f("k3", "Schulman's estimators.", "kl")
     kl_in_reward: bool = _f(False, "Subtract beta * sum(k1) from the reward instead of a loss term.")
     entropy_coef: float = _f(0.0, "Entropy bonus coefficient (0 = off).")
     dynamic_sampling: bool = _f(False, "DAPO: drop groups whose rewards all agree and sample more.")
@@ -193,7 +205,7 @@ class Config:
 
 # ---------------------------------------------------------------------------- loading
 
-def _nearest(name: str, options) -> str:
+def nearest_name(name: str, options) -> str:
     close = difflib.get_close_matches(name, list(options), n=1, cutoff=0.5)
     return f" Did you mean '{close[0]}'?" if close else ""
 
@@ -204,7 +216,7 @@ def _apply(obj, data: dict, where: str) -> None:
     for key, value in data.items():
         path = f"{where}.{key}" if where else key
         if key not in names:
-            raise ConfigError(f"unknown config key '{path}'.{_nearest(key, names)} "
+            raise ConfigError(f"unknown config key '{path}'.{nearest_name(key, names)} "
                               f"Valid keys{' of ' + where if where else ''}: {', '.join(names)}")
         current = getattr(obj, key)
         if dataclasses.is_dataclass(current):
@@ -277,6 +289,10 @@ def load_config(path: str | Path | None = None, overrides: list[str] = (),
             raise ConfigError(f"config file '{path}' does not exist")
         try:
             data = yaml.safe_load(path.read_text()) or {}
+        except yaml.MarkedYAMLError as e:
+            mark = e.problem_mark or e.context_mark
+            where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
+            raise ConfigError(f"config file {where}: invalid YAML: {e.problem or e.context}") from None
         except yaml.YAMLError as e:
             raise ConfigError(f"config file '{path}' is not valid YAML: {e}") from None
         if not isinstance(data, dict):
@@ -287,8 +303,20 @@ def load_config(path: str | Path | None = None, overrides: list[str] = (),
     cfg = Config()
     _apply(cfg, data, "")
     if validate:
+        from .validation import validate_config
+        resolve_config(cfg)
         validate_config(cfg)
     return cfg
+
+
+def resolve_config(cfg: Config) -> None:
+    """The one step that changes a config: import `train.plugins` (their registrations must exist
+    before names are checked) and turn `rollout.engine=auto` into the engine that is installed
+    (vLLM samples fastest when it is, docs/results.md)."""
+    import_plugins(cfg.train.plugins)
+    from .rollout.vllm_engine import vllm_available
+    if cfg.rollout.engine == "auto":
+        cfg.rollout.engine = "vllm" if vllm_available() else "transformers"
 
 
 def import_plugins(modules: list[str]) -> None:
@@ -305,196 +333,6 @@ def save_config(cfg: Config, path: str | Path) -> None:
     Path(path).write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
 
 
-# ---------------------------------------------------------------------------- validation
-
-def check_options(fn, options: dict, where: str) -> None:
-    """Every option must be a keyword parameter of `fn` (unless it takes **kwargs)."""
-    params = inspect.signature(fn).parameters
-    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
-        return
-    valid = [n for n, p in params.items() if p.kind is inspect.Parameter.KEYWORD_ONLY
-             or (p.default is not inspect.Parameter.empty)]
-    for key in options:
-        if key not in valid:
-            raise ConfigError(f"'{where}' has no option '{key}'.{_nearest(key, valid)} "
-                              f"Valid options: {', '.join(valid) or 'none'}")
-
-
-def _positive(value, path: str, allow_zero: bool = False) -> None:
-    if value < 0 or (value == 0 and not allow_zero):
-        raise ConfigError(f"config key '{path}' must be {'>= 0' if allow_zero else '> 0'}, "
-                          f"got {value}")
-
-
-def validate_config(cfg: Config) -> None:
-    """Everything checkable before a model loads. Raises ConfigError naming the key."""
-    import_plugins(cfg.train.plugins)  # user methods must be registered before names are checked
-    from .algos import ADVANTAGES, AGGREGATIONS, CREDITS, KL_ESTIMATORS, LOSSES
-    from .models import DTYPES
-    from .registry import UnknownNameError
-    from .tasks import TASKS
-
-    checks = [("algo.advantage", ADVANTAGES, cfg.algo.advantage, cfg.algo.advantage_options),
-              ("algo.loss", LOSSES, cfg.algo.loss, cfg.algo.loss_options),
-              ("algo.credit", CREDITS, cfg.algo.credit, cfg.algo.credit_options),
-              ("algo.aggregation", AGGREGATIONS, cfg.algo.aggregation, None),
-              ("algo.kl_estimator", KL_ESTIMATORS, cfg.algo.kl_estimator, None),
-              ("task.name", TASKS, cfg.task.name, None)]
-    for path, registry, name, options in checks:
-        try:
-            fn = registry.get(name)
-        except UnknownNameError as e:
-            raise ConfigError(f"{path}: {e}") from None
-        if options:
-            check_options(fn, options, f"{path}={name}")
-    _dry_run_algorithms(cfg)
-    task_params = inspect.signature(TASKS.get(cfg.task.name)).parameters
-    for key in cfg.task.options:
-        if key not in task_params:
-            raise ConfigError(f"task.options.{key}: task '{cfg.task.name}' has no option '{key}'."
-                              f"{_nearest(key, task_params)} Valid options: "
-                              f"{', '.join(task_params)}")
-    try:
-        inspect.signature(TASKS.get(cfg.task.name)).bind(**cfg.task.options)
-    except TypeError as e:  # e.g. the file task without its path
-        raise ConfigError(f"task.options for task '{cfg.task.name}': {e}") from None
-    if cfg.model.dtype not in DTYPES:
-        raise ConfigError(f"model.dtype '{cfg.model.dtype}' is not one of {', '.join(DTYPES)}")
-    if cfg.rollout.engine not in ("auto", "transformers", "vllm"):
-        raise ConfigError(f"rollout.engine '{cfg.rollout.engine}' is not one of: auto, "
-                          f"transformers, vllm")
-    from .rollout_vllm import VLLM_INSTALL_HINT, vllm_available
-    if cfg.rollout.engine == "auto":  # vLLM samples fastest when installed (docs/results.md)
-        cfg.rollout.engine = "vllm" if vllm_available() else "transformers"
-    if cfg.rollout.engine == "vllm":
-        if not vllm_available():
-            raise ConfigError(f"rollout.engine=vllm: vLLM is not installed; {VLLM_INSTALL_HINT}")
-    if cfg.algo.tis_cap != 0 and not cfg.algo.tis_cap >= 1:
-        raise ConfigError(f"algo.tis_cap must be 0 (off) or at least 1, got {cfg.algo.tis_cap}")
-    if not 0 <= cfg.algo.mtp_heads <= 8:
-        raise ConfigError(f"algo.mtp_heads must be between 0 (none) and 8, got {cfg.algo.mtp_heads}")
-    if cfg.algo.mtp_heads and not cfg.algo.occ_scale > 0:
-        raise ConfigError(f"algo.occ_scale must be > 0 with MTP heads, got {cfg.algo.occ_scale}")
-    if cfg.algo.old_logprobs not in ("rollout", "recompute"):
-        raise ConfigError("algo.old_logprobs must be 'rollout' or 'recompute'")
-    for path in ("rollout.prompts_per_step", "rollout.group_size", "rollout.max_new_tokens",
-                 "rollout.vllm_max_model_len", "rollout.vllm_kv_cache_gb",
-                 "optim.lr", "optim.epochs_per_rollout", "optim.mini_batches",
-                 "optim.micro_batch_size", "train.steps", "eval.size", "eval.n_samples",
-                 "eval.max_new_tokens", "eval.batch_size", "algo.max_sampling_rounds"):
-        section, key = path.split(".")
-        _positive(getattr(getattr(cfg, section), key), path)
-    for path in ("rollout.temperature", "algo.kl_beta", "algo.entropy_coef",
-                 "optim.weight_decay", "optim.max_grad_norm", "train.save_every",
-                 "train.eval_every", "reward.overlong_buffer", "optim.warmup_steps",
-                 "algo.reference_ratchet_every"):
-        section, key = path.split(".")
-        _positive(getattr(getattr(cfg, section), key), path, allow_zero=True)
-    if cfg.reward.labels not in LABEL_MODES:
-        raise ConfigError(f"reward.labels '{cfg.reward.labels}' is not one of "
-                          f"{', '.join(LABEL_MODES)}.{_nearest(cfg.reward.labels, LABEL_MODES)}")
-    if not 0 <= cfg.reward.label_budget <= 1:
-        raise ConfigError(f"reward.label_budget must be in [0, 1], got {cfg.reward.label_budget}")
-    _check_reference(cfg)
-    if cfg.train.shift_monitor_rows < 0:
-        raise ConfigError(f"train.shift_monitor_rows must be >= 0, got {cfg.train.shift_monitor_rows}")
-    if not all(isinstance(t, (int, float)) and t > 0 for t in cfg.train.shift_thresholds):
-        raise ConfigError("train.shift_thresholds must be a list of positive numbers, got "
-                          f"{cfg.train.shift_thresholds}")
-    if cfg.algo.reference_ratchet_on_eval and not cfg.train.eval_every:
-        raise ConfigError("algo.reference_ratchet_on_eval needs train.eval_every > 0")
-    if not 0 < cfg.rollout.top_p <= 1:
-        raise ConfigError(f"rollout.top_p must be in (0, 1], got {cfg.rollout.top_p}")
-    if cfg.optim.mini_batches > cfg.rollout.prompts_per_step * cfg.rollout.group_size:
-        raise ConfigError("optim.mini_batches exceeds the number of responses per step "
-                          "(rollout.prompts_per_step x rollout.group_size)")
-    if cfg.reward.overlong_buffer >= cfg.rollout.max_new_tokens:
-        raise ConfigError("reward.overlong_buffer must be smaller than rollout.max_new_tokens")
-    if not cfg.reward.components:
-        raise ConfigError("reward.components is empty: give at least one reward function")
-    from .rewards import REWARDS
-    for i, comp in enumerate(cfg.reward.components):
-        if not isinstance(comp, dict) or "name" not in comp:
-            raise ConfigError(f"reward.components[{i}] must be a mapping with a 'name'")
-        name = comp["name"]
-        if name != "task" and ":" not in name and name not in REWARDS:
-            raise ConfigError(f"reward.components[{i}].name: unknown reward function '{name}'."
-                              f"{_nearest(name, REWARDS.names() + ['task'])} Known: task, "
-                              f"{', '.join(REWARDS.names())}, or 'package.module:function'")
-        unknown = set(comp) - {"name", "weight", "options", "label"}
-        if unknown:
-            raise ConfigError(f"reward.components[{i}] has unknown key(s) {sorted(unknown)}; "
-                              f"valid: name, weight, options, label")
-
-
-def reference_users(cfg: Config) -> list[str]:
-    """The config keys whose setting needs a frozen reference model (empty: none is loaded)."""
-    from .algos import CREDITS
-    users = []
-    if cfg.algo.kl_beta > 0:
-        users.append(f"algo.kl_beta={cfg.algo.kl_beta}")
-    credit = CREDITS.get(cfg.algo.credit)
-    if set(getattr(credit, "needs", ())) & {"ref_logprobs", "divergence"}:
-        users.append(f"algo.credit={cfg.algo.credit}")
-    return users
-
-
-def _check_reference(cfg: Config) -> None:
-    users = reference_users(cfg)
-    ratchet = cfg.algo.reference_ratchet_every or cfg.algo.reference_ratchet_on_eval
-    if cfg.model.reference == "none" and users:
-        raise ConfigError(f"{' and '.join(users)} needs a frozen reference model, but "
-                          "model.reference=none; set model.reference=initial (a copy of the "
-                          "starting policy) or to a model sharing the policy's tokenizer")
-    if ratchet and not users:
-        raise ConfigError("algo.reference_ratchet_* replaces a reference model that nothing "
-                          "uses: set algo.kl_beta > 0 or a credit that reads the reference "
-                          "(owpo, divergence)")
-
-
-def _dry_run_algorithms(cfg: Config) -> None:
-    """Call the configured advantage, credit and loss once on a tiny synthetic batch.
-
-    An option out of range (FIPO's tau <= 0, a dual clip <= 1, ...) then fails here, before any
-    model loads, with the config key named, and no method needs a validator of its own. Seeded
-    options are left out and the global RNG is restored, so the dry run changes no random stream.
-    """
-    import torch
-
-    from .algos import ADVANTAGES, CREDITS, LOSSES
-    from .batch import RolloutBatch
-
-    mask = torch.tensor([[1.0, 1.0, 1.0], [1.0, 1.0, 0.0], [1.0, 0.0, 0.0], [1.0, 1.0, 1.0]])
-    group_ids = torch.tensor([0, 0, 1, 1])
-    scores = torch.tensor([1.0, 0.0, 0.0, 1.0])
-    old = torch.full_like(mask, -1.0)
-    current = old + torch.tensor([0.05, -0.3, 0.4])  # past both clip boundaries somewhere
-    batch = RolloutBatch(
-        prompt_ids=torch.zeros(4, 1, dtype=torch.long), prompt_mask=torch.ones(4, 1, dtype=torch.long),
-        response_ids=torch.zeros(4, 3, dtype=torch.long), response_mask=mask, old_logprobs=old,
-        group_ids=group_ids, truncated=torch.zeros(4, dtype=torch.bool), rewards=scores,
-        ref_logprobs=old - 0.2, extras={"divergence": mask * 0.1})
-    a = cfg.algo
-    unseeded = {"seed"}
-    stages = [
-        ("algo.advantage_options", lambda: ADVANTAGES.get(a.advantage)(
-            scores, group_ids, mask, **a.advantage_options)),
-        ("algo.credit_options", lambda: CREDITS.get(a.credit)(
-            batch, current, **{k: v for k, v in a.credit_options.items() if k not in unseeded})),
-        ("algo.loss_options", lambda: LOSSES.get(a.loss)(
-            current.clone().requires_grad_(), old, batch.advantages, mask,
-            **{k: v for k, v in a.loss_options.items() if k not in unseeded})),
-    ]
-    with torch.random.fork_rng(), torch.no_grad():
-        for key, call in stages:
-            try:
-                result = call()
-            except (ValueError, TypeError) as e:
-                raise ConfigError(f"{key}: {e}") from None
-            if key == "algo.advantage_options":
-                batch.advantages = result
-
-
 def describe_keys() -> str:
     """Every config key with its default and help text, for `pivotal config --keys`."""
     lines = []
@@ -502,5 +340,10 @@ def describe_keys() -> str:
         lines.append(f"{section.name}:")
         for f in dataclasses.fields(section.default_factory()):
             default = getattr(section.default_factory(), f.name)
-            lines.append(f"  {f.name} = {default!r}\n      {f.metadata.get('help', '')}")
+            help_text = f.metadata.get("help", "")
+            if f.metadata.get("registry"):
+                names = _registry(f.metadata["registry"]).names()
+                extra = ["all"] if f.metadata["registry"] == "labels" else []
+                help_text += f" Known: {', '.join(extra + names)}."
+            lines.append(f"  {f.name} = {default!r}\n      {help_text}")
     return "\n".join(lines)

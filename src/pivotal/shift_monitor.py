@@ -1,6 +1,6 @@
 """Live shift monitoring: how sparse is the change from the initial policy, step by step.
 
-"Sparse but Critical" and "On the Direction of RLVR Updates" (../shared/METHODS.md) find that RLVR
+"Sparse but Critical" and "On the Direction of RLVR Updates" (docs/algorithms.md) find that RLVR
 changes the policy at few token positions. This monitor tracks that during training, cheaply: on a
 few of each step's sampled responses it compares the sampling policy's log-prob of every sampled
 token with the initial policy's,
@@ -19,8 +19,14 @@ vocabulary divergence of `pivotal analyze` (that needs the current model's logit
 
 from __future__ import annotations
 
+import copy
+import time
+from collections.abc import Callable
+
 import torch
 from torch import Tensor
+
+from .batch import RolloutBatch
 
 
 def shift_metrics(dlogp: Tensor, mask: Tensor, thresholds: list[float]) -> dict[str, float]:
@@ -45,3 +51,42 @@ def monitored_rows(batch_size: int, rows: int) -> Tensor:
     if rows <= 0 or rows >= batch_size:
         return torch.arange(batch_size)
     return torch.linspace(0, batch_size - 1, rows).round().long().unique()
+
+
+class ShiftMonitor:
+    """The per-step shift metrics against a frozen copy of the initial policy.
+
+    initial_model: that copy; `reads_reference` says it is also the frozen reference, whose
+    log-probs the batch then already carries (free). logprobs_fn(model, batch) -> (B, T) no-grad
+    log-probs.
+    """
+
+    def __init__(self, initial_model, rows: int, thresholds: list[float], reads_reference: bool):
+        self.initial_model, self.rows, self.thresholds = initial_model, rows, list(thresholds)
+        self.reads_reference = reads_reference
+
+    def __call__(self, batch: RolloutBatch, logprobs_fn: Callable) -> dict[str, float]:
+        t0 = time.perf_counter()
+        if self.reads_reference and batch.ref_logprobs is not None:
+            sub, initial_lp = batch, batch.ref_logprobs  # already computed: free
+        else:
+            sub = batch.select(monitored_rows(batch.size, self.rows))
+            initial_lp = logprobs_fn(self.initial_model, sub)
+        current = sub.sampler_logprobs if sub.sampler_logprobs is not None else sub.old_logprobs
+        mask = sub.response_mask
+        T = min(initial_lp.shape[1], mask.shape[1])
+        dlogp = current[:, :T].cpu() - initial_lp[:, :T].cpu()
+        out = shift_metrics(dlogp, mask[:, :T].cpu(), self.thresholds)
+        out["time_shift_monitor"] = time.perf_counter() - t0
+        return out
+
+
+def build_shift_monitor(train_cfg, model, reference, reference_is_initial: bool):
+    """The monitor when `train.shift_monitor` is on (else None). It reuses the frozen reference
+    when that is the initial policy and never moves; otherwise it keeps its own frozen copy."""
+    if not train_cfg.shift_monitor:
+        return None
+    if reference is not None and reference_is_initial:
+        return ShiftMonitor(reference, train_cfg.shift_monitor_rows, train_cfg.shift_thresholds, True)
+    initial = copy.deepcopy(model).eval().requires_grad_(False)
+    return ShiftMonitor(initial, train_cfg.shift_monitor_rows, train_cfg.shift_thresholds, False)

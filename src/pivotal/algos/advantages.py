@@ -199,3 +199,9 @@ def reinforce_pp_baseline_advantage(scores: Tensor, group_ids: Tensor, response_
     mean = tokens.sum() / n_tok
     var = (((tokens - mean) * mask) ** 2).sum() / n_tok
     return (tokens - mean) * var.clamp(min=eps).rsqrt() * mask
+
+
+# Group-relative estimators: a group of one response has no baseline, so its advantage is 0
+# (the config rejects rollout.group_size = 1 with these).
+for _estimator in (grpo_advantage, dr_grpo_advantage, rloo_advantage, reinforce_pp_baseline_advantage):
+    _estimator.group_relative = True

@@ -1,6 +1,6 @@
 """Loss aggregation: per-token losses (B, T) -> one scalar. Who divides by what matters.
 
-Modes (METHODS.md, "Loss aggregation"):
+Modes (docs/algorithms.md, "Aggregation"):
   token-mean               sum(L*m) / N_tokens                  DAPO; the default
   seq-mean-token-mean      sum_i [sum_t L*m / |y_i|] / N_seqs   original GRPO; GSPO
   seq-mean-token-sum       sum_i [sum_t L*m] / N_seqs

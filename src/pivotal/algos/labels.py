@@ -1,7 +1,7 @@
 """Label selection for RL with active verifiable rewards: majority pseudo-labels, CAG, a CARE-like score.
 
-Paper: "RL with active verifiable rewards (CAG / CARE)", see docs/methods.md. Status per
-METHODS.md: [code] (implemented from the paper and its released code).
+Paper: "RL with active verifiable rewards (CAG / CARE)", see docs/algorithms.md [code]
+(implemented from the paper and its released code).
 
 Setting. Ground-truth answers are expensive, so each prompt is first pseudo-labelled by majority
 vote over its G sampled answers (test-time-RL style), and only a budget p (``reward.label_budget``,
@@ -38,9 +38,13 @@ import torch
 from torch import Tensor
 
 from pivotal.algos.advantages import group_count
+from pivotal.registry import Registry
 from pivotal.rewards import normalize_answer
 
-# A group whose reward std is below this gets zero advantages (METHODS.md).
+LABEL_SELECTORS: Registry = Registry("label selector")
+register_label_selector = LABEL_SELECTORS.register
+
+# A group whose reward std is below this gets zero advantages (docs/algorithms.md).
 ZERO_STD = 1e-8
 
 
@@ -171,10 +175,49 @@ def pseudo_label_accuracy(labels: dict[int, str | None], truth: dict[int, str]) 
     return right / len(labels)
 
 
+# ---------------------------------------------------------------------------- label selectors
+# fn(true_rewards (B,), pseudo_rewards (B,), answers [B], group_ids (B,), budget) -> group ids whose
+# true label trains. Each says whether its choice reads the truth.
+
+@register_label_selector("pseudo")
+def select_none(true_rewards: Tensor, pseudo_rewards: Tensor, answers: Sequence[str | None],
+                group_ids: Tensor, budget: float) -> set[int]:
+    """No true label: every group trains on its majority pseudo-label (test-time RL)."""
+    return set()
+
+
+@register_label_selector("cag_oracle")
+def select_by_cag(true_rewards: Tensor, pseudo_rewards: Tensor, answers: Sequence[str | None],
+                  group_ids: Tensor, budget: float) -> set[int]:
+    """The top `budget` groups by corrective advantage gap: an oracle that reads every label to
+    choose (an upper bound for analysis)."""
+    return select_by_budget(corrective_advantage_gap(true_rewards, pseudo_rewards, group_ids),
+                            budget)
+
+
+@register_label_selector("agreement")
+def select_by_agreement(true_rewards: Tensor, pseudo_rewards: Tensor,
+                        answers: Sequence[str | None], group_ids: Tensor,
+                        budget: float) -> set[int]:
+    """The `budget` groups whose answers agree least (CARE-like, label-free: reads no truth)."""
+    return select_by_budget(agreement(answers, group_ids), budget, largest=False)
+
+
+def training_rewards(true_rewards: Tensor, pseudo_rewards: Tensor, group_ids: Tensor,
+                     queried: set[int]) -> Tensor:
+    """(B,) rewards to train on: the true-label reward for rows of queried groups, the
+    pseudo-label reward elsewhere. true_rewards, pseudo_rewards, group_ids (B,)."""
+    use_true = torch.tensor([int(g) in queried for g in group_ids.tolist()],
+                            device=true_rewards.device)
+    return torch.where(use_true, true_rewards, pseudo_rewards.to(true_rewards.device))
+
+
 __all__ = [
+    "LABEL_SELECTORS",
     "agreement",
     "corrective_advantage_gap",
     "majority_labels",
     "pseudo_label_accuracy",
     "select_by_budget",
+    "training_rewards",
 ]

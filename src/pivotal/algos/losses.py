@@ -38,18 +38,18 @@ def masked_mean(x: Tensor, mask: Tensor) -> Tensor:
     return (x * mask).sum() / mask.sum().clamp(min=1)
 
 
-def _valid(response_mask: Tensor) -> Tensor:
+def valid_tokens(response_mask: Tensor) -> Tensor:
     return response_mask.bool()
 
 
-def _zero_pad(x: Tensor, valid: Tensor) -> Tensor:
+def zero_padding(x: Tensor, valid: Tensor) -> Tensor:
     # where() rather than x * mask: a garbage (inf/nan) value on padding must not leak through
     # 0 * inf = nan into the loss or its gradient.
     return torch.where(valid, x, torch.zeros_like(x))
 
 
-def _log_ratio(logprobs: Tensor, old_logprobs: Tensor, valid: Tensor) -> Tensor:
-    return _zero_pad(logprobs - old_logprobs, valid).clamp(-LOG_RATIO_CLAMP, LOG_RATIO_CLAMP)
+def clamped_log_ratio(logprobs: Tensor, old_logprobs: Tensor, valid: Tensor) -> Tensor:
+    return zero_padding(logprobs - old_logprobs, valid).clamp(-LOG_RATIO_CLAMP, LOG_RATIO_CLAMP)
 
 
 def _approx_kl(log_ratio: Tensor, valid: Tensor) -> Tensor:
@@ -62,7 +62,7 @@ def _approx_kl(log_ratio: Tensor, valid: Tensor) -> Tensor:
     return masked_mean(torch.expm1(lr) - lr, valid)
 
 
-def _frac(cond: Tensor, valid: Tensor) -> Tensor:
+def masked_fraction(cond: Tensor, valid: Tensor) -> Tensor:
     return masked_mean(cond.to(torch.float32), valid)
 
 
@@ -90,10 +90,10 @@ def ppo_clip_loss(logprobs: Tensor, old_logprobs: Tensor, advantages: Tensor, re
     """
     if dual_clip is not None and dual_clip <= 1.0:
         raise ValueError(f"dual_clip must be > 1 (it bounds ratios above 1), got {dual_clip}")
-    valid = _valid(response_mask)
-    log_ratio = _log_ratio(logprobs, old_logprobs, valid)
+    valid = valid_tokens(response_mask)
+    log_ratio = clamped_log_ratio(logprobs, old_logprobs, valid)
     ratio = torch.exp(log_ratio)
-    adv = _zero_pad(advantages, valid)
+    adv = zero_padding(advantages, valid)
 
     unclipped = -adv * ratio
     clipped = -adv * ratio.clamp(1.0 - clip_low, 1.0 + clip_high)
@@ -106,19 +106,20 @@ def ppo_clip_loss(logprobs: Tensor, old_logprobs: Tensor, advantages: Tensor, re
     with torch.no_grad():
         r = ratio.detach()
         metrics = {
-            "clip_frac_low": _frac(neg & (r < 1.0 - clip_low), valid),
-            "clip_frac_high": _frac((adv > 0) & (r > 1.0 + clip_high), valid),
-            "dual_clip_frac": (_frac(neg & (r > dual_clip), valid) if dual_clip is not None
+            "clip_frac_low": masked_fraction(neg & (r < 1.0 - clip_low), valid),
+            "clip_frac_high": masked_fraction((adv > 0) & (r > 1.0 + clip_high), valid),
+            "dual_clip_frac": (masked_fraction(neg & (r > dual_clip), valid) if dual_clip is not None
                                else r.new_zeros(())),
             "ratio_mean": masked_mean(r, valid),
             "approx_kl": _approx_kl(log_ratio, valid),
         }
-    return LossOutput(_zero_pad(loss, valid), metrics)
+    return LossOutput(zero_padding(loss, valid), metrics)
 
 
 @register_loss("gspo")
 def gspo_loss(logprobs: Tensor, old_logprobs: Tensor, advantages: Tensor, response_mask: Tensor,
-              *, clip_low: float = 3e-4, clip_high: float = 4e-4) -> LossOutput:
+              *, clip_low: float = 3e-4, clip_high: float = 4e-4,
+              dual_clip: float | None = 3.0) -> LossOutput:
     """Group Sequence Policy Optimization (https://arxiv.org/abs/2507.18071).
 
     The importance ratio is per sequence, the geometric mean of the token ratios:
@@ -126,39 +127,51 @@ def gspo_loss(logprobs: Tensor, old_logprobs: Tensor, advantages: Tensor, respon
     and is spread over tokens with a stop-gradient trick so each token can carry its own advantage:
         log s_it = sg(log s_i) + lp_t - sg(lp_t)       (value s_i, d s_it / d lp_t = s_i)
         L_it     = max(-A*s_it, -A*clamp(s_it, 1 - clip_low, 1 + clip_high))
+        L_it     = min(L_it, -A*c) where A < 0                           (dual-clip bound)
     A sequence is clipped as a whole, so all its tokens share the same clip state. The clip range
     is tiny (paper: 3e-4 / 4e-4) because a length-normalised ratio moves far less than a token's.
 
     Aggregate with "seq-mean-token-mean": then the gradient of sequence i is -A_i * s_i * mean_t
     grad lp_t, which is exactly the gradient of the sequence-level objective -A_i * s_i.
-    No dual-clip (the sequence ratio is already length-normalised and tightly clipped).
+    The dual-clip bound: for A < 0 the clip leaves s > 1 + clip_high on the unclipped branch, whose
+    loss -A*s grows without bound (with full gradient, up to s = e^20). As in ppo_clip, the loss of
+    such a sequence is capped at -A*c (constant, no gradient) once s > c; c = 3 by default, far
+    outside the clip range, so an ordinary update never reaches it. None turns it off (the paper's
+    formula; verl instead caps log s at 10).
 
     Metrics (fractions of valid tokens, so a long sequence counts by its length): clip_frac_low,
-    clip_frac_high, ratio_mean (of s_i), approx_kl (per-token k3, as in ppo_clip).
+    clip_frac_high, dual_clip_frac, ratio_mean (of s_i), approx_kl (per-token k3, as in ppo_clip).
 
     logprobs, old_logprobs, advantages, response_mask: (B, T) -> per_token_loss (B, T)
     """
-    valid = _valid(response_mask)
+    if dual_clip is not None and dual_clip <= 1.0:
+        raise ValueError(f"dual_clip must be > 1 (it bounds ratios above 1), got {dual_clip}")
+    valid = valid_tokens(response_mask)
     mask = valid.to(logprobs.dtype)
-    token_log_ratio = _log_ratio(logprobs, old_logprobs, valid)
+    token_log_ratio = clamped_log_ratio(logprobs, old_logprobs, valid)
     seq_log_ratio = (token_log_ratio * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1)   # (B,)
     seq_log_ratio = seq_log_ratio.clamp(-LOG_RATIO_CLAMP, LOG_RATIO_CLAMP)
-    lp = _zero_pad(logprobs, valid)
+    lp = zero_padding(logprobs, valid)
     log_s = seq_log_ratio.detach()[:, None] + lp - lp.detach()
     s = torch.exp(log_s)
-    adv = _zero_pad(advantages, valid)
+    adv = zero_padding(advantages, valid)
 
     loss = torch.maximum(-adv * s, -adv * s.clamp(1.0 - clip_low, 1.0 + clip_high))
+    neg = adv < 0
+    if dual_clip is not None:
+        loss = torch.where(neg, torch.minimum(loss, -adv * dual_clip), loss)
 
     with torch.no_grad():
         r = s.detach()
         metrics = {
-            "clip_frac_low": _frac((adv < 0) & (r < 1.0 - clip_low), valid),
-            "clip_frac_high": _frac((adv > 0) & (r > 1.0 + clip_high), valid),
+            "clip_frac_low": masked_fraction(neg & (r < 1.0 - clip_low), valid),
+            "clip_frac_high": masked_fraction((adv > 0) & (r > 1.0 + clip_high), valid),
+            "dual_clip_frac": (masked_fraction(neg & (r > dual_clip), valid) if dual_clip is not None
+                               else r.new_zeros(())),
             "ratio_mean": masked_mean(r, valid),
             "approx_kl": _approx_kl(token_log_ratio, valid),
         }
-    return LossOutput(_zero_pad(loss, valid), metrics)
+    return LossOutput(zero_padding(loss, valid), metrics)
 
 
 @register_loss("vanilla_pg")
@@ -172,12 +185,12 @@ def vanilla_pg_loss(logprobs: Tensor, old_logprobs: Tensor, advantages: Tensor,
 
     logprobs, old_logprobs, advantages, response_mask: (B, T) -> per_token_loss (B, T)
     """
-    valid = _valid(response_mask)
-    loss = -_zero_pad(advantages, valid) * _zero_pad(logprobs, valid)
+    valid = valid_tokens(response_mask)
+    loss = -zero_padding(advantages, valid) * zero_padding(logprobs, valid)
     with torch.no_grad():
-        log_ratio = _log_ratio(logprobs.detach(), old_logprobs, valid)
+        log_ratio = clamped_log_ratio(logprobs.detach(), old_logprobs, valid)
         metrics = {
             "ratio_mean": masked_mean(torch.exp(log_ratio), valid),
             "approx_kl": _approx_kl(log_ratio, valid),
         }
-    return LossOutput(_zero_pad(loss, valid), metrics)
+    return LossOutput(zero_padding(loss, valid), metrics)

@@ -2,7 +2,7 @@
 
 Paper: "Clipping Bottleneck: Stabilizing RLVR via Stochastic Recovery of Near-Boundary Signals"
 (Yang et al., 2026, https://arxiv.org/abs/2605.22703). Only the abstract and a digest were
-available, so the exact rule below is our reconstruction (see docs / METHODS.md) [reconstruction].
+available, so the exact rule below is our reconstruction (docs/algorithms.md) [reconstruction].
 
 Hard clipping gives a token just past the trust region no gradient at all. NSR keeps some of them,
 at random, with a chance that falls off with the distance past the bound. With u ~ U(0, 1] drawn
@@ -40,13 +40,13 @@ from torch import Tensor
 from pivotal.algos.losses import (
     LOG_RATIO_CLAMP,
     LossOutput,
-    _frac,
-    _log_ratio,
-    _valid,
-    _zero_pad,
+    clamped_log_ratio,
     gspo_loss,
+    masked_fraction,
     ppo_clip_loss,
     register_loss,
+    valid_tokens,
+    zero_padding,
 )
 
 _GENERATORS: dict[tuple[int, str], torch.Generator] = {}
@@ -120,30 +120,31 @@ def ppo_clip_nsr_loss(logprobs: Tensor, old_logprobs: Tensor, advantages: Tensor
     _check_cap(dual_clip, rescue_negative, "ppo_clip_nsr", "dual_clip")
     base = ppo_clip_loss(logprobs, old_logprobs, advantages, response_mask, clip_low=clip_low,
                          clip_high=clip_high, dual_clip=dual_clip)
-    valid = _valid(response_mask)
-    ratio = torch.exp(_log_ratio(logprobs, old_logprobs, valid))
-    adv = _zero_pad(advantages, valid)
+    valid = valid_tokens(response_mask)
+    ratio = torch.exp(clamped_log_ratio(logprobs, old_logprobs, valid))
+    adv = zero_padding(advantages, valid)
     u = _uniform(tuple(ratio.shape), ratio, seed)
     loss, rescued = _rescue(base.per_token_loss, ratio, adv, valid, u, clip_low, clip_high,
                             dual_clip, rescue_negative)
     metrics = dict(base.metrics)
-    metrics["rescued_frac"] = _frac(rescued, valid).detach()
-    return LossOutput(_zero_pad(loss, valid), metrics)
+    metrics["rescued_frac"] = masked_fraction(rescued, valid).detach()
+    return LossOutput(zero_padding(loss, valid), metrics)
 
 
 @register_loss("gspo_nsr")
 def gspo_nsr_loss(logprobs: Tensor, old_logprobs: Tensor, advantages: Tensor,
                   response_mask: Tensor, *, clip_low: float = 3e-4, clip_high: float = 4e-4,
                   rescue_cap: float | None = 3.0, rescue_negative: bool = True,
-                  seed: int | None = None) -> LossOutput:
+                  dual_clip: float | None = 3.0, seed: int | None = None) -> LossOutput:
     """gspo with Near-boundary Stochastic Rescue on the sequence ratio [reconstruction].
 
     s_i is GSPO's sequence ratio (geometric mean of the token ratios) and s_it its per-token form
     (value s_i, d s_it / d lp_t = s_i). One u_i ~ U(0, 1] per sequence, shared by its tokens:
         A > 0, s > 1 + clip_high:  s' = u s_it; if s' <= 1 + clip_high -> -A s'   (else clipped)
         A < 0, s < 1 - clip_low:   s' = s_it / u; if 1 - clip_low <= s' <= rescue_cap -> -A s'
-    Everything else is exactly gspo. gspo has no dual-clip, so rescue_cap (default 3) bounds the
-    rescued A < 0 ratio, which otherwise has an infinite expected gradient; it touches nothing else.
+    Everything else is exactly gspo, including its dual-clip bound (`dual_clip`, on the tokens not
+    rescued). rescue_cap (default 3) bounds the rescued A < 0 ratio, which otherwise has an
+    infinite expected gradient; it touches nothing else.
     rescue_negative=False turns the A < 0 mirror off (required when rescue_cap is None).
     seed: None = torch's global RNG; an int = a private, reproducible stream (see module doc).
     Aggregate with "seq-mean-token-mean", as gspo.
@@ -154,19 +155,19 @@ def gspo_nsr_loss(logprobs: Tensor, old_logprobs: Tensor, advantages: Tensor,
     """
     _check_cap(rescue_cap, rescue_negative, "gspo_nsr", "rescue_cap")
     base = gspo_loss(logprobs, old_logprobs, advantages, response_mask, clip_low=clip_low,
-                     clip_high=clip_high)
-    valid = _valid(response_mask)
+                     clip_high=clip_high, dual_clip=dual_clip)
+    valid = valid_tokens(response_mask)
     mask = valid.to(logprobs.dtype)
     # the per-token sequence ratio, as in gspo_loss
-    token_log_ratio = _log_ratio(logprobs, old_logprobs, valid)
+    token_log_ratio = clamped_log_ratio(logprobs, old_logprobs, valid)
     seq_log_ratio = (token_log_ratio * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1)
     seq_log_ratio = seq_log_ratio.clamp(-LOG_RATIO_CLAMP, LOG_RATIO_CLAMP)
-    lp = _zero_pad(logprobs, valid)
+    lp = zero_padding(logprobs, valid)
     s = torch.exp(seq_log_ratio.detach()[:, None] + lp - lp.detach())
-    adv = _zero_pad(advantages, valid)
+    adv = zero_padding(advantages, valid)
     u = _uniform((s.shape[0], 1), s, seed).expand_as(s)
     loss, rescued = _rescue(base.per_token_loss, s, adv, valid, u, clip_low, clip_high,
                             rescue_cap, rescue_negative)
     metrics = dict(base.metrics)
-    metrics["rescued_frac"] = _frac(rescued, valid).detach()
-    return LossOutput(_zero_pad(loss, valid), metrics)
+    metrics["rescued_frac"] = masked_fraction(rescued, valid).detach()
+    return LossOutput(zero_padding(loss, valid), metrics)

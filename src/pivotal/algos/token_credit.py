@@ -7,7 +7,7 @@ Each entry is a credit function (see `pivotal.algos.credit`)
 and the trainer trains on A' = A * multiplier. Every multiplier is computed without gradient and is
 exactly 1 on padding (response_mask == 0). Options are keyword-only, defaults are the authors'.
 
-Methods (the formulas are those of ../shared/METHODS.md, which says how sure we are of each):
+Methods (docs/algorithms.md gives each formula and how sure we are of it):
 
 - "fipo": FIPO, Future-KL Influenced Policy Optimization, https://arxiv.org/abs/2603.19835
   [paper/code]. Weights each token by exp of the discounted sum of the signed log-ratio
@@ -23,49 +23,27 @@ Methods (the formulas are those of ../shared/METHODS.md, which says how sure we 
   others keep weight 1 (never pulled back toward the reference).
 - "divergence": divergence-weighted advantage, "Sparse but Critical" [reconstruction].
   A_t * (1 + alpha * D_t / normaliser), D_t the per-token divergence (JS by default) between the
-  policy and a frozen base model, read from batch.extras["divergence"] (see pivotal.divergence).
+  policy and a frozen base model, read from batch.divergence (see pivotal.divergence).
 
-What a method needs. Each function carries an attribute `needs`, a frozenset naming the inputs
-beyond the always-present batch fields (response_mask, old_logprobs, advantages) that it cannot
-run without, so the trainer or the config check can tell before any model loads:
-
-    "logprobs"      the current policy's log-probs on the micro-batch (the `logprobs` argument)
-    "ref_logprobs"  batch.ref_logprobs, i.e. a frozen reference model must be loaded
-    "divergence"    batch.extras["divergence"], per-token divergences against a frozen base model
-                    (set directly on the function: the `needs` decorator only knows the two above)
-
-Read it as `getattr(fn, "needs", frozenset())` (functions registered elsewhere, e.g. "identity",
-may not set it). Each function still raises a clear ValueError when called without what it needs.
+What a method reads beyond the always-present batch fields it declares with
+`pivotal.algos.credit.requires`; the trainer resolves that once at start-up and gathers the inputs.
+Each function still raises a clear ValueError when called without what it needs.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 
 import torch
 from torch import Tensor
 
-from pivotal.algos.credit import register_credit
+from pivotal.algos.credit import minibatch_statistics, register_credit, requires
 from pivotal.batch import RolloutBatch
+from pivotal.divergence import DIVERGENCE_KINDS
 
 LOG_RATIO_CLAMP = 20.0
 FIPO_SAFETY_RANGE = (0.8, 1.0)   # f is clamped into this range on the safety branch (released code)
 _SCAN_CHUNK = 128                # block size of the reverse discounted cumsum
-
-
-def needs(*names: str) -> Callable[[Callable], Callable]:
-    """Decorator: record on fn.needs which optional inputs the credit function requires."""
-    known = {"logprobs", "ref_logprobs"}
-    unknown = set(names) - known
-    if unknown:
-        raise ValueError(f"unknown needs {sorted(unknown)}; known: {sorted(known)}")
-
-    def decorator(fn: Callable) -> Callable:
-        fn.needs = frozenset(names)
-        return fn
-
-    return decorator
 
 
 def _valid(batch: RolloutBatch) -> Tensor:
@@ -114,7 +92,7 @@ def reverse_discounted_cumsum(x: Tensor, gamma: float, chunk: int = _SCAN_CHUNK)
 
 
 @register_credit("fipo")
-@needs("logprobs")
+@requires({"logprobs"})
 def fipo_credit(batch: RolloutBatch, logprobs: Tensor | None, *, tau: float = 32.0,
                 f_low: float = 0.0, f_high: float = 0.2, safety: float | None = 10.0,
                 dual_clip_c: float | None = 10.0,
@@ -176,7 +154,7 @@ def fipo_credit(batch: RolloutBatch, logprobs: Tensor | None, *, tau: float = 32
 
 
 @register_credit("dlogp")
-@needs()
+@requires(())
 def dlogp_credit(batch: RolloutBatch, logprobs: Tensor | None, *, c: float = 0.1) -> Tensor:
     """Δlog p training-time reweighting ("On the Direction of RLVR Updates") [paper/code].
 
@@ -193,7 +171,7 @@ def dlogp_credit(batch: RolloutBatch, logprobs: Tensor | None, *, c: float = 0.1
 
 
 @register_credit("owpo")
-@needs("logprobs", "ref_logprobs")
+@requires({"logprobs", "ref_logprobs"})
 def owpo_credit(batch: RolloutBatch, logprobs: Tensor | None, *, lam: float = 1.0,
                 cap: float | None = 1.0) -> Tensor:
     """OWPO, One-Way Policy Optimization, as reconstructed from the abstract [reconstruction].
@@ -206,17 +184,16 @@ def owpo_credit(batch: RolloutBatch, logprobs: Tensor | None, *, lam: float = 1.
     The reference only scales the step, never sets its direction, and a token already ahead of
     the reference keeps weight 1 (gain locking). cap=None leaves the boost unbounded. A = 0 gives 1.
 
-    Not implemented here: the ratchet (replace the reference with the current policy every K steps
-    or when held-out accuracy improves) is a trainer feature. Note also that the trainer loads a
-    reference model only when algo.kl_beta > 0, and that KL term pulls toward the reference, which
-    is what OWPO's gain locking is meant to avoid; keep kl_beta small.
+    The ratchet (replace the reference with the current policy every K steps or when held-out
+    accuracy improves) is the trainer's `algo.reference_ratchet_*`. A KL term (algo.kl_beta > 0)
+    pulls toward the reference, which is what OWPO's gain locking is meant to avoid; keep it small.
 
     Returns (B, T) with no gradient, 1 on padding. Needs `logprobs`, batch.ref_logprobs and
     batch.advantages.
     """
     if batch.ref_logprobs is None:
         raise ValueError("credit 'owpo' needs batch.ref_logprobs, the log-probs of a frozen "
-                         "reference model; the trainer loads one only when algo.kl_beta > 0")
+                         "reference model (model.reference)")
     lp = _require_logprobs("owpo", logprobs)
     adv = _require_advantages("owpo", batch)
     if cap is not None and cap < 0:
@@ -233,33 +210,67 @@ def owpo_credit(batch: RolloutBatch, logprobs: Tensor | None, *, lam: float = 1.
         return torch.where(valid, w, torch.ones_like(w))
 
 
-DIVERGENCE_KINDS = ("js", "kl_policy_base", "kl_base_policy")
 DIVERGENCE_NORMALISERS = ("mean", "max", "none")
 
 
+def _clean_divergence(batch: RolloutBatch) -> Tensor:
+    """batch.divergence (B, T') checked, cut to the batch's T columns, zero on padding."""
+    mask = batch.response_mask
+    B, T = mask.shape
+    if batch.divergence is None:
+        raise ValueError("credit 'divergence' needs per-token divergences against the reference "
+                         "in batch.divergence ((B, T) float); the trainer computes them "
+                         "(pivotal.divergence.response_divergences) because the credit requires "
+                         "'divergence:<kind>'")
+    D = torch.as_tensor(batch.divergence)
+    if D.dim() != 2 or D.shape[0] != B or D.shape[1] < T:
+        raise ValueError(f"divergence: batch.divergence must be (B, T') with B = {B} and "
+                         f"T' >= {T}, got {tuple(D.shape)}")
+    dtype = D.dtype if D.is_floating_point() and D.dtype != torch.float16 else torch.float32
+    D = D[:, :T].detach().to(device=mask.device, dtype=dtype)
+    D = torch.where(mask.bool(), D, torch.zeros_like(D))  # garbage on padding must not leak
+    if not torch.isfinite(D).all():
+        raise ValueError("divergence: batch.divergence has non-finite values on response tokens "
+                         "(an infinite KL?); use kind='js', which is bounded")
+    return D
+
+
+def divergence_statistics(batch: RolloutBatch, **options) -> dict[str, Tensor]:
+    """The divergence credit's mini-batch statistics: sum, count and max of D over valid tokens."""
+    with torch.no_grad():
+        D = _clean_divergence(batch)
+        valid = batch.response_mask.bool()
+        return {"divergence_sum": D[valid].sum(), "tokens_sum": valid.sum().to(D.dtype),
+                "divergence_max": D[valid].max() if valid.any() else D.new_zeros(())}
+
+
 @register_credit("divergence")
+@requires(lambda kind="js", **_: {f"divergence:{kind}"})
+@minibatch_statistics(divergence_statistics)
 def divergence_credit(batch: RolloutBatch, logprobs: Tensor | None, *, alpha: float = 1.0,
                       normaliser: str = "mean", eps: float = 1e-8, kind: str = "js",
-                      max_weight: float | None = None) -> Tensor:
+                      max_weight: float | None = None,
+                      stats: dict[str, Tensor] | None = None) -> Tensor:
     """Divergence-weighted advantage ("Sparse but Critical") [reconstruction].
 
-        D          = batch.extras["divergence"][:, :T]     per-token divergence vs a frozen base
+        D          = batch.divergence[:, :T]               per-token divergence vs the reference
         multiplier = 1 + alpha * D / (norm + eps)           normaliser "mean": norm = mean of D
-                                                            over this batch's valid tokens;
+                                                            over the mini-batch's valid tokens;
                                                             "max": their max
                    = 1 + alpha * D                          normaliser "none"
         multiplier = min(multiplier, max_weight)            if max_weight is given (our option)
 
     Tokens where the policy's next-token distribution has moved furthest from the base model's
-    (the sparse "critical" positions) get the largest weight. D is stored by the trainer, (B, T')
-    with T' >= T allowed (only the first T columns are read). `kind` (one of DIVERGENCE_KINDS:
-    "js", "kl_policy_base", "kl_base_policy") is only validated here; the trainer reads it from the
-    options to decide which divergence of `pivotal.divergence.response_divergences` to store.
-    "mean"/"max" are taken over the batch this function is given (a mini-batch in training).
+    (the sparse "critical" positions) get the largest weight. D is (B, T') with T' >= T allowed
+    (only the first T columns are read). `kind` (one of DIVERGENCE_KINDS) names the divergence
+    the trainer stores in batch.divergence (this function's requirement "divergence:<kind>").
+    "mean"/"max" are taken over the mini-batch: `stats` holds its `divergence_statistics`,
+    computed before the mini-batch is split into micro-batches, so the multipliers do not depend
+    on the micro-batch size; without `stats`, over the batch given.
     Why `max_weight`: D / mean(D) does not depend on the scale of D, so right after the first
     update, when the policy has barely moved, the few positions that moved at all already get
     weights of 1 + alpha * max(D) / mean(D) (tens, in our runs); a cap bounds that. None (the
-    default) is the formula as METHODS.md gives it.
+    default) is the formula as the method describes it.
 
     Returns (B, T) with no gradient, 1 on padding; `logprobs` is not used.
     """
@@ -273,36 +284,18 @@ def divergence_credit(batch: RolloutBatch, logprobs: Tensor | None, *, alpha: fl
     if max_weight is not None and max_weight < 1:
         raise ValueError(f"divergence: max_weight must be >= 1 (weights start at 1), got "
                          f"{max_weight}")
-    extras = batch.extras or {}
-    if "divergence" not in extras or extras["divergence"] is None:
-        raise ValueError("credit 'divergence' needs per-token divergences against a base model in "
-                         "batch.extras['divergence'] ((B, T) float); the trainer computes them "
-                         "(pivotal.divergence.response_divergences) when the credit is "
-                         "'divergence' and a frozen base model is loaded")
-    mask = batch.response_mask
-    B, T = mask.shape
-    D = torch.as_tensor(extras["divergence"])
-    if D.dim() != 2 or D.shape[0] != B or D.shape[1] < T:
-        raise ValueError(f"divergence: batch.extras['divergence'] must be (B, T') with B = {B} and "
-                         f"T' >= {T}, got {tuple(D.shape)}")
     with torch.no_grad():
+        D = _clean_divergence(batch)
         valid = _valid(batch)
-        dtype = D.dtype if D.is_floating_point() and D.dtype != torch.float16 else torch.float32
-        D = D[:, :T].detach().to(device=mask.device, dtype=dtype)
-        D = torch.where(valid, D, torch.zeros_like(D))  # garbage on padding must not leak
-        if not torch.isfinite(D).all():
-            raise ValueError("divergence: batch.extras['divergence'] has non-finite values on "
-                             "response tokens (an infinite KL?); use kind='js', which is bounded")
-        if normaliser == "none" or not valid.any():
+        stats = divergence_statistics(batch) if stats is None else stats
+        if normaliser == "none" or not float(stats["tokens_sum"]) > 0:
             scale = 1.0
         else:
-            norm = D[valid].mean() if normaliser == "mean" else D[valid].max()
+            norm = (stats["divergence_sum"] / stats["tokens_sum"] if normaliser == "mean"
+                    else stats["divergence_max"])
             denom = float(norm) + eps
             scale = 1.0 / denom if denom > 0 else 0.0  # all-zero D with eps = 0: weight 1
         w = 1.0 + alpha * D * scale
         if max_weight is not None:
             w = w.clamp(max=max_weight)
         return torch.where(valid, w, torch.ones_like(w))
-
-
-divergence_credit.needs = frozenset({"divergence"})

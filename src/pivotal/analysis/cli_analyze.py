@@ -2,7 +2,7 @@
 
     pivotal analyze --rl runs/demo/checkpoints/step_000020 --task arithmetic --limit 100
     pivotal analyze --base smollm2-135m --rl ckpt --generations runs/eval/generations.jsonl
-    pivotal analyze --rl ckpt --data ../shared/data/svamp_test.jsonl --sampler base --out runs/an
+    pivotal analyze --rl ckpt --data $PIVOTAL_DATA_DIR/svamp_test.jsonl --sampler base --out runs/an
 
 Writes into --out: tokens.parquet (one row per response token), responses.jsonl (one line per
 response) and summary.json (sparsity, position histogram, entropy bins, top tokens, mass moved);

@@ -1,7 +1,7 @@
 """`pivotal cross-sample`: accuracy against replacement budget when two models share decoding.
 
     pivotal cross-sample --rl runs/demo/checkpoints/step_000020 --task arithmetic --limit 100
-    pivotal cross-sample --base smollm2-135m --rl ckpt --data ../shared/data/svamp_test.jsonl \
+    pivotal cross-sample --base smollm2-135m --rl ckpt --data $PIVOTAL_DATA_DIR/svamp_test.jsonl \
         --criteria dlogp random --taus-dlogp -1 -0.3 --out runs/xs
 
 Writes <out>/cross_sampling.json (schema: pivotal.analysis.decoding.cross_sampling_sweep) and

@@ -8,7 +8,7 @@ copied `num_samples` times, finished rows dropped from the batch and from both c
 engines below reuse that class's batch assembly, so they plug into `pivotal.evaluate.evaluate(...,
 engine=engine)` and give cross-sampled accuracy directly.
 
-Methods (see ../shared/METHODS.md):
+Methods (see docs/methods.md, "Diagnostics"):
   * Cross-sampling ["Sparse but Critical", abstract + summaries; details reconstruction] and
     selective token replacement ["Δlog p: the direction of RLVR updates", Huang et al. 2026,
     arXiv:2603.22117, paper + code]: decode with one model, take the other model's token at chosen
@@ -41,8 +41,7 @@ Counters (`replaced`, `changed`, `positions`, `budget`) accumulate over generate
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from collections.abc import Iterable
 
 import torch
 from torch import Tensor
@@ -51,7 +50,8 @@ from tqdm.auto import tqdm
 from ..divergence import distribution_divergences
 from ..logprobs import entropy_from_logits
 from ..models import eos_token_ids
-from ..rollout import SamplingParams, TransformersEngine, filter_logits
+from ..rollout import SamplingParams, StepChoice, assemble_batch, encode_prompts, filter_logits, kv_decode
+from ..rollout.base import seeded_generator
 
 CRITERIA = ("divergence", "dlogp", "entropy", "random")
 DIRECTIONS = ("forward", "reverse")
@@ -157,107 +157,21 @@ def replacement_mask(criterion: str, tau: float, logits_base: Tensor, logits_rl:
 
 
 # ----------------------------------------------------------------------------------------------
-# The lockstep decode loop
-# ----------------------------------------------------------------------------------------------
-
-@dataclass
-class StepChoice:
-    """What a rule decided for the N live rows at one step."""
-
-    tokens: Tensor    # (N,) long, the emitted tokens
-    logprobs: Tensor  # (N,) float, log-prob of each emitted token under what emitted it
-    fired: Tensor     # (N,) bool, the rule replaced / extrapolated this position
-    changed: Tensor   # (N,) bool, the emitted token differs from the decoder's own proposal
-
-
-# rule(logits_base (N, V), logits_rl (N, V), params, generator) -> StepChoice
-StepRule = Callable[[Tensor, Tensor, SamplingParams, torch.Generator], StepChoice]
-
-
-def _prefill(model, prompt_ids: Tensor, prompt_mask: Tensor, num_samples: int):
-    """(next-token logits (B*G, V), KV cache for B*G rows): one prefill per prompt, copied G times,
-    exactly as TransformersEngine._decode does."""
-    positions = (prompt_mask.cumsum(dim=1) - 1).clamp(min=0)
-    out = model(input_ids=prompt_ids, attention_mask=prompt_mask, position_ids=positions,
-                use_cache=True, logits_to_keep=1)
-    cache = out.past_key_values
-    cache.batch_repeat_interleave(num_samples)
-    return out.logits[:, -1, :].repeat_interleave(num_samples, dim=0), cache
-
-
-@torch.no_grad()
-def lockstep_decode(base, rl, prompt_ids: Tensor, prompt_mask: Tensor, num_samples: int,
-                    params: SamplingParams, eos_ids: Tensor, rule: StepRule,
-                    generator: torch.Generator):
-    """Decode base and rl together on the same growing prefix; `rule` picks each token.
-
-    prompt_ids, prompt_mask: (B, P) left-padded. Returns per-row lists (B * num_samples rows,
-    grouped by prompt) of (tokens, log-probs, fired flags, changed flags). A row stops at an EOS
-    token (kept) or after params.max_new_tokens; finished rows leave both KV caches.
-    """
-    device = prompt_ids.device
-    eos_ids = eos_ids.to(device)
-    logits_b, cache_b = _prefill(base, prompt_ids, prompt_mask, num_samples)
-    logits_r, cache_r = _prefill(rl, prompt_ids, prompt_mask, num_samples)
-    if logits_b.shape[-1] != logits_r.shape[-1]:
-        raise ValueError(f"base and rl must share a vocabulary: their LM heads give "
-                         f"{logits_b.shape[-1]} and {logits_r.shape[-1]} logits")
-    attn = prompt_mask.repeat_interleave(num_samples, dim=0)
-    positions = (prompt_mask.cumsum(dim=1) - 1).clamp(min=0)
-    next_pos = positions[:, -1:].repeat_interleave(num_samples, dim=0) + 1
-
-    B = attn.shape[0]
-    tokens: list[list[int]] = [[] for _ in range(B)]
-    logps: list[list[float]] = [[] for _ in range(B)]
-    fired: list[list[bool]] = [[] for _ in range(B)]
-    changed: list[list[bool]] = [[] for _ in range(B)]
-    alive = torch.arange(B, device=device)  # original row index of each live row
-    for step in range(params.max_new_tokens):
-        choice = rule(logits_b, logits_r, params, generator)
-        chosen = choice.tokens
-        for row, tok, lp, f, c in zip(alive.tolist(), chosen.tolist(), choice.logprobs.tolist(),
-                                      choice.fired.tolist(), choice.changed.tolist()):
-            tokens[row].append(tok)
-            logps[row].append(lp)
-            fired[row].append(bool(f))
-            changed[row].append(bool(c))
-        if step == params.max_new_tokens - 1:
-            break
-        finished = torch.isin(chosen, eos_ids)
-        if finished.any():
-            keep = (~finished).nonzero().squeeze(-1)
-            if keep.numel() == 0:
-                break
-            alive, chosen = alive[keep], chosen[keep]
-            attn, next_pos = attn[keep], next_pos[keep]
-            cache_b.batch_select_indices(keep)
-            cache_r.batch_select_indices(keep)
-        attn = torch.cat([attn, attn.new_ones(attn.shape[0], 1)], dim=1)
-        step_inputs = {"input_ids": chosen.unsqueeze(-1), "attention_mask": attn,
-                       "position_ids": next_pos, "use_cache": True}
-        out_b = base(past_key_values=cache_b, **step_inputs)
-        out_r = rl(past_key_values=cache_r, **step_inputs)
-        cache_b, cache_r = out_b.past_key_values, out_r.past_key_values
-        logits_b, logits_r = out_b.logits[:, -1, :], out_r.logits[:, -1, :]
-        next_pos = next_pos + 1
-    return tokens, logps, fired, changed
-
-
-# ----------------------------------------------------------------------------------------------
 # Engines
 # ----------------------------------------------------------------------------------------------
 
-class _TwoModelEngine(TransformersEngine):
-    """A RolloutEngine over two models; subclasses supply `_rule`.
+class _TwoModelEngine:
+    """A RolloutEngine over two models decoding in lockstep; subclasses supply `_rule`.
 
-    Reuses TransformersEngine.generate (tokenising, batch assembly, texts) and replaces only its
-    `_decode`. `self.model` is the decoding model (used by generate for the device and eval mode).
+    Uses the shared KV-cache loop (`pivotal.rollout.kv_decode`) with both models and the shared
+    batch assembly, so its batches have the fields of the transformers engine's. `self.model` is
+    the decoding model.
     """
 
     def __init__(self, base, rl, tokenizer, decoder: str):
-        self.base, self.rl = base, rl
+        self.base, self.rl, self.tokenizer = base, rl, tokenizer
         self._decoder_role = decoder
-        super().__init__(base if decoder == "base" else rl, tokenizer)
+        self.model = base if decoder == "base" else rl
         eos = set(eos_token_ids(base, tokenizer)) | set(eos_token_ids(rl, tokenizer))
         self.eos_ids = torch.tensor(sorted(eos))
         dev_b, dev_r = next(base.parameters()).device, next(rl.parameters()).device
@@ -266,6 +180,10 @@ class _TwoModelEngine(TransformersEngine):
                              f"and rl on {dev_r}")
         self._last_fired: list[list[int]] = []
         self.reset()
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
 
     def reset(self) -> None:
         """Zero the counters (they accumulate over generate calls)."""
@@ -286,30 +204,31 @@ class _TwoModelEngine(TransformersEngine):
     def _start_call(self, seed: int | None) -> None:
         """Per-generate-call state (e.g. seeded random generators)."""
 
+    @torch.no_grad()
     def generate(self, prompts: list[str], num_samples: int, params: SamplingParams,
                  seed: int | None = None):
+        prompt_ids, prompt_mask = encode_prompts(self.tokenizer, prompts, self.device)
+        generator = seeded_generator(self.device, seed)
         was = (self.base.training, self.rl.training)
         self.base.eval()
         self.rl.eval()
         self._start_call(seed)
         try:
-            batch, texts = super().generate(prompts, num_samples, params, seed)
+            tokens, logps, fired, changed = kv_decode(
+                [self.base, self.rl], prompt_ids, prompt_mask, num_samples, params, self.eos_ids,
+                lambda logits, p, g: self._rule(logits[0], logits[1], p, g), generator)
         finally:
             self.base.train(was[0])
             self.rl.train(was[1])
-        batch.extras["fired_positions"] = self._last_fired
-        return batch, texts
-
-    def _decode(self, prompt_ids, prompt_mask, num_samples, params, generator):
-        tokens, logps, fired, changed = lockstep_decode(
-            self.base, self.rl, prompt_ids, prompt_mask, num_samples, params, self.eos_ids,
-            self._rule, generator)
         self.positions += sum(len(t) for t in tokens)
         self.replaced += sum(sum(f) for f in fired)
         self.changed += sum(sum(c) for c in changed)
         # per row, the response positions where the rule fired (for later inspection)
         self._last_fired = [[i for i, f in enumerate(row) if f] for row in fired]
-        return tokens, logps
+        batch, texts = assemble_batch(self.tokenizer, prompt_ids, prompt_mask, tokens, logps,
+                                      num_samples, self.eos_ids.tolist())
+        batch.extras["fired_positions"] = self._last_fired
+        return batch, texts
 
     def _rule(self, logits_base, logits_rl, params, generator) -> StepChoice:
         raise NotImplementedError
@@ -375,7 +294,7 @@ class ExtrapolationEngine(_TwoModelEngine):
     usual) has Δlog p <= tau; where="all": every position. Defaults follow the paper's ranges
     (gamma 0.05-0.1, tau -0.3 to -0.4, top-50 base candidates).
 
-    Reconstruction choices (METHODS.md gives the formula, the candidate set and the order
+    Reconstruction choices (docs/methods.md gives the formula, the candidate set and the order
     "then temperature and top-p"; the rest is ours): log p are log-softmaxes of the raw logits
     (temperature 1); the candidate mask is applied to z, then z / T, then top-k/top-p, then a draw
     (greedy: argmax of z over the candidates); a selected position is counted as extrapolated
@@ -529,7 +448,6 @@ __all__ = [
     "cross_sampling_sweep",
     "extrapolated_logits",
     "js_divergence",
-    "lockstep_decode",
     "replacement_mask",
     "token_dlogp",
 ]

@@ -14,7 +14,7 @@ write; the schemas are in `pivotal.analysis.shift` and `pivotal.analysis.decodin
 - shift against the base model's entropy (mean JS and shifted fraction per entropy bin);
 - cross-sampling (optional file): greedy accuracy against the realised replacement budget, one
   line per selection criterion, one panel per direction ("Sparse but Critical" cross-sampling and
-  the Δlog p paper's selective token replacement; see ../shared/METHODS.md);
+  the Δlog p paper's selective token replacement; see docs/methods.md);
 - a token view of the first responses, each token coloured by Δlog p = log p_rl - log p_base
   (red: rl finds it less likely, blue: more likely) or by JS, with a tooltip of both models' top-5;
 - the tokens with the most negative / positive mean Δlog p and the most often shifted tokens.
@@ -38,6 +38,7 @@ import math
 import os
 import re
 import tempfile
+from importlib import resources
 from pathlib import Path
 
 import numpy as np
@@ -298,165 +299,10 @@ def _token_view(records: list[dict], tokens, summary: dict, n_total: int,
     return html_, hover, vmax
 
 
-# The page. Placeholders are filled with str.replace (CSS and JS are full of braces).
-PAGE = """<!DOCTYPE html>
-<html lang="en"><head><meta charset="utf-8">
-<meta name="viewport" content="width=device-width, initial-scale=1">
-<title>pivotal report: __TITLE__</title>
-<style>
-:root { --fg:#1d1f23; --muted:#667085; --line:#e4e7ec; --bg:#f6f7f9; }
-* { box-sizing: border-box; }
-body { margin:0; background:var(--bg); color:var(--fg);
-  font:14px/1.45 system-ui,-apple-system,"Segoe UI",Roboto,"DejaVu Sans",sans-serif; }
-main { max-width:1240px; margin:0 auto; padding:18px 20px 40px; }
-h1 { font-size:22px; margin:0 0 4px; } h2 { font-size:17px; margin:26px 0 10px; }
-h3 { font-size:13px; font-weight:500; margin:0 0 6px; color:var(--muted); }
-code { font:12px ui-monospace,"DejaVu Sans Mono",Menlo,monospace; background:#eef0f3;
-  padding:1px 4px; border-radius:3px; }
-header .models { margin:0 0 10px; font-size:15px; }
-.role { font-weight:600; text-transform:uppercase; font-size:11px; letter-spacing:.05em;
-  color:var(--muted); }
-.cards { display:flex; flex-wrap:wrap; gap:10px; }
-.card { background:#fff; border:1px solid var(--line); border-radius:8px; padding:8px 14px;
-  min-width:130px; }
-.card .v { font-size:20px; font-weight:650; } .card .k { color:var(--muted); font-size:12px; }
-.def { color:var(--muted); font-size:12.5px; max-width:1000px; }
-nav a { margin-right:14px; color:#2463b0; text-decoration:none; font-size:13px; }
-.grid { display:grid; grid-template-columns:1fr 1fr; gap:14px; }
-.pcard { margin:0; background:#fff; border:1px solid var(--line); border-radius:8px;
-  padding:10px 12px; }
-.pcard.wide { grid-column:1 / -1; }
-figcaption { font-size:12.5px; color:var(--muted); margin-bottom:4px; }
-figcaption b { color:var(--fg); }
-svg.plot { width:100%; height:auto; display:block; }
-.tables { display:flex; gap:20px; flex-wrap:wrap; align-items:flex-start; }
-table { border-collapse:collapse; background:#fff; border:1px solid var(--line); font-size:13px; }
-caption { text-align:left; font-size:12.5px; color:var(--muted); padding:0 0 4px; }
-th, td { padding:3px 10px; border-bottom:1px solid var(--line); text-align:right; }
-th { background:#f0f2f5; font-weight:600; }
-td.tk { text-align:left; font-family:ui-monospace,"DejaVu Sans Mono",monospace; }
-.toolbar { display:flex; align-items:center; gap:14px; flex-wrap:wrap; background:#fff;
-  border:1px solid var(--line); border-radius:8px; padding:6px 12px; position:sticky; top:0;
-  z-index:5; }
-.legend { display:none; align-items:center; gap:8px; font-size:11px; color:var(--muted);
-  line-height:1.2; }
-.legend .bar { width:180px; height:12px; border:1px solid #ccc; border-radius:2px; }
-body.by-dlogp .legend[data-for=dlogp], body.by-js .legend[data-for=js] { display:flex; }
-.note { color:var(--muted); font-size:12.5px; }
-.resp { background:#fff; border:1px solid var(--line); border-radius:8px; padding:8px 12px;
-  margin:10px 0; }
-.badge { display:inline-block; border-radius:10px; padding:0 8px; font-size:11.5px;
-  font-weight:600; margin-right:6px; }
-.badge.ok { background:#dcf5e3; color:#1e7a3c; } .badge.bad { background:#fde2e1; color:#b42318; }
-.badge.unk { background:#eceff3; color:#667085; }
-details pre { white-space:pre-wrap; font-size:11.5px; background:#f6f7f9; padding:6px;
-  max-height:160px; overflow:auto; }
-summary { cursor:pointer; font-size:12px; color:var(--muted); }
-.toks { font:13.5px/1.9 ui-monospace,"DejaVu Sans Mono",Menlo,monospace; word-break:break-word; }
-.tok { border-radius:2px; padding:1px 0; cursor:default; }
-body.by-dlogp .tok { background:var(--cd); } body.by-js .tok { background:var(--cj); }
-.tok:hover, .tok.pin { outline:2px solid #111; }
-i.ws { color:#98a2b3; font-style:normal; }
-#tip { position:absolute; display:none; z-index:20; background:#fff; border:1px solid #98a2b3;
-  border-radius:8px; box-shadow:0 6px 24px rgba(16,24,40,.18); padding:8px 10px; font-size:12px;
-  width:380px; pointer-events:none; }
-#tip .tt { font:600 14px ui-monospace,"DejaVu Sans Mono",monospace; }
-#tip table { width:100%; border:0; font-size:11.5px; margin-top:4px; }
-#tip td, #tip th { padding:1px 4px; border:0; }
-#tip .cols { display:grid; grid-template-columns:1fr 1fr; gap:8px; margin-top:4px; }
-#tip .chosen td { font-weight:700; background:#fff6d6; }
-#tip td.t { text-align:left; font-family:ui-monospace,"DejaVu Sans Mono",monospace;
-  max-width:110px; overflow:hidden; text-overflow:ellipsis; white-space:nowrap; }
-#tip .pb { display:inline-block; height:7px; background:#98a2b3; vertical-align:middle; }
-footer { color:var(--muted); font-size:11.5px; margin-top:30px; }
-@media (max-width: 900px) { .grid { grid-template-columns:1fr; } }
-</style></head>
-<body class="by-__COLOR_BY__"><main>
-__HEADER__
-__PLOTS__
-__TOKEN_VIEW__
-__TABLES__
-<footer>Written by <code>pivotal report</code>. Self-contained: no network resources.
-Hover a token for both models' top-5; open with <code>?hover=N</code> to pin token N's tooltip,
-<code>?color=js</code> to colour by JS.</footer>
-</main>
-<div id="tip" role="tooltip"></div>
-<script type="application/json" id="token-data">__DATA__</script>
-<script>
-(function () {
-  "use strict";
-  var data = JSON.parse(document.getElementById("token-data").textContent);
-  var tip = document.getElementById("tip");
-  var pinned = null;
-  var WS = {" ": "\\u00b7", "\\n": "\\u21b5", "\\t": "\\u21e5", "\\r": "\\u240d"};
-  function esc(s) {
-    return String(s).replace(/[&<>"']/g, function (c) {
-      return {"&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;"}[c];
-    });
-  }
-  function vis(s) {
-    if (s === "") return "\\u2205";
-    return esc(s).replace(/[ \\n\\t\\r]/g, function (c) { return WS[c]; });
-  }
-  function num(x, d) { return x === null || x === undefined ? "n/a" : x.toFixed(d); }
-  function top(title, toks, probs, chosen) {
-    var rows = toks.map(function (t, k) {
-      var p = probs[k];
-      var w = p === null ? 0 : Math.round(60 * p);
-      return '<tr class="' + (t === chosen ? "chosen" : "") + '"><td class="t">' + vis(t) +
-        '</td><td>' + num(p, 3) + '</td><td style="text-align:left">' +
-        '<span class="pb" style="width:' + w + 'px"></span></td></tr>';
-    }).join("");
-    return '<div><b>' + title + '</b><table>' + rows + '</table></div>';
-  }
-  function show(el) {
-    var r = data[+el.dataset.i];
-    if (!r) return;
-    var d = r[3];
-    tip.innerHTML = '<div class="tt">' + vis(r[0]) + '</div>' +
-      '<div>\\u0394log p <b style="color:' + (d < 0 ? "#b42318" : "#1f5fa8") + '">' + num(d, 3) +
-      '</b> \\u00b7 JS ' + num(r[4], 4) + '</div>' +
-      '<div>log p base ' + num(r[1], 3) + ' (rank ' + (r[5] === null ? "n/a" : r[5]) +
-      ') \\u00b7 rl ' + num(r[2], 3) + ' (rank ' + (r[6] === null ? "n/a" : r[6]) + ')</div>' +
-      '<div>entropy base ' + num(r[7], 3) + ' \\u00b7 rl ' + num(r[8], 3) + '</div>' +
-      '<div class="cols">' + top("base top-5", r[9], r[10], r[0]) +
-      top("rl top-5", r[11], r[12], r[0]) + '</div>';
-    tip.style.display = "block";
-    var box = el.getBoundingClientRect();
-    var right = document.documentElement.clientWidth - tip.offsetWidth - 8;
-    var left = window.scrollX + Math.min(box.left, right);
-    tip.style.left = Math.max(4, left) + "px";
-    tip.style.top = (window.scrollY + box.bottom + 6) + "px";
-  }
-  document.addEventListener("mouseover", function (e) {
-    var el = e.target.closest ? e.target.closest(".tok") : null;
-    if (el) show(el); else if (pinned) show(pinned); else tip.style.display = "none";
-  });
-  function setColor(v) {
-    document.body.classList.toggle("by-dlogp", v === "dlogp");
-    document.body.classList.toggle("by-js", v === "js");
-    document.querySelectorAll('input[name=colorby]').forEach(function (inp) {
-      inp.checked = inp.value === v;
-    });
-  }
-  document.querySelectorAll('input[name=colorby]').forEach(function (inp) {
-    inp.addEventListener("change", function () { setColor(inp.value); });
-  });
-  var query = new URLSearchParams(window.location.search);
-  if (query.get("color") === "js" || query.get("color") === "dlogp") setColor(query.get("color"));
-  var n = document.querySelectorAll(".tok").length;
-  var status = document.getElementById("js-status");
-  status.textContent = status.textContent.replace(/ \\(Hover details need JavaScript\\.\\)/, "") +
-    " " + n + " tokens: hover one for both models' top-5 alternatives.";
-  if (query.has("hover")) {
-    pinned = document.querySelector('.tok[data-i="' + parseInt(query.get("hover"), 10) + '"]');
-    if (pinned) { pinned.classList.add("pin"); show(pinned); }
-  }
-  document.documentElement.setAttribute("data-js", "ready");
-})();
-</script>
-</body></html>
-"""
+def _page_template() -> str:
+    """The page (package data `report_page.html`): HTML, CSS and JS with __NAME__ placeholders,
+    filled in one pass by `render_report` (CSS and JS are full of braces, so no str.format)."""
+    return resources.files("pivotal.analysis").joinpath("report_page.html").read_text(encoding="utf-8")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -497,7 +343,7 @@ def render_report(analysis_dir: str | Path, cross_sampling_path: str | Path | No
              "__TABLES__": _token_tables(summary), "__DATA__": _json_for_script(hover)}
     # one pass over the template: text from the inputs (a model named "__DATA__", say) is never
     # scanned for placeholders
-    return re.sub("|".join(parts), lambda m: parts[m.group(0)], PAGE)
+    return re.sub("|".join(parts), lambda m: parts[m.group(0)], _page_template())
 
 
 def write_report(analysis_dir: str | Path, out: str | Path | None = None,

@@ -4,7 +4,7 @@ For every token y_t of a set of responses, both models see the same prefix (prom
 gives a next-token distribution over the shared vocabulary. Per token we record
 
     js                       Jensen-Shannon divergence of the two distributions (natural log)
-    kl_rl_base, kl_base_rl   KL(rl || base), KL(base || rl)
+    kl_policy_base, kl_base_policy   KL(rl || base), KL(base || rl) (the RL model is the policy)
     entropy_base, entropy_rl entropies
     logp_base, logp_rl       log-probability of y_t under each model
     dlogp                    logp_rl - logp_base, the Δlog p of y_t
@@ -15,7 +15,7 @@ gives a next-token distribution over the shared vocabulary. Per token we record
 
 This is the measurement of "Sparse but Critical" (token-level distribution shift; JS in the paper;
 details [reconstruction]) and of the Δlog p paper ("Δlog p: the direction of RLVR updates"), see
-../shared/METHODS.md: how few positions shift, where in the response they sit, which tokens they
+docs/methods.md ("Diagnostics"): how few positions shift, where in the response they sit, which tokens they
 are, and how the shift relates to the base model's entropy and to probability mass moved away from
 the base model's top-k.
 
@@ -50,9 +50,9 @@ from ..batch import RolloutBatch
 from ..divergence import (
     _chunk_logits,
     _device,
-    _divergences_from_logprobs,
     _valid_states,
     _vocab_size,
+    divergences_from_logprobs,
 )
 from ..logprobs import trim_padding
 
@@ -68,7 +68,7 @@ POSITION_BINS = 10
 TOP_TOKENS = 10          # entries per end of top_tokens_by_dlogp, and of top_tokens_by_count
 MIN_TOKEN_COUNT = 3      # a token needs this many occurrences to enter top_tokens_by_dlogp
 
-STAT_FLOATS = ("js", "kl_rl_base", "kl_base_rl", "entropy_base", "entropy_rl", "logp_base",
+STAT_FLOATS = ("js", "kl_policy_base", "kl_base_policy", "entropy_base", "entropy_rl", "logp_base",
                "logp_rl", "dlogp", "topk_mass_base", "topk_mass_rl_on_base_topk")
 STAT_INTS = ("rank_base", "rank_rl")
 STAT_TOPK = ("top_base_ids", "top_rl_ids", "top_base_probs", "top_rl_probs")
@@ -76,7 +76,7 @@ STAT_TOPK = ("top_base_ids", "top_rl_ids", "top_base_probs", "top_rl_probs")
 # columns of tokens.parquet, in order (top_*_ids are extra to the shared spec: exact ids beside
 # the decoded strings)
 COLUMNS = ("response", "problem_id", "position", "length", "rel_position", "token_id", "token",
-           "js", "kl_rl_base", "kl_base_rl", "entropy_base", "entropy_rl", "logp_base", "logp_rl",
+           "js", "kl_policy_base", "kl_base_policy", "entropy_base", "entropy_rl", "logp_base", "logp_rl",
            "dlogp", "rank_base", "rank_rl", "topk_mass_base", "topk_mass_rl_on_base_topk",
            "top_base_tokens", "top_rl_tokens", "top_base_probs", "top_rl_probs",
            "top_base_ids", "top_rl_ids")
@@ -92,7 +92,7 @@ def token_shift_stats(logits_base: Tensor, logits_rl: Tensor, token_ids: Tensor,
 
     logits_base, logits_rl: (N, V) next-token logits of each model at the same N prefixes (any float
     dtype; computed in float32); token_ids: (N,) the token that followed each prefix. Returns
-      (N,) float32: js, kl_rl_base, kl_base_rl, entropy_base, entropy_rl, logp_base, logp_rl, dlogp,
+      (N,) float32: js, kl_policy_base, kl_base_policy, entropy_base, entropy_rl, logp_base, logp_rl, dlogp,
                     topk_mass_base, topk_mass_rl_on_base_topk
       (N,) long:    rank_base, rank_rl (1 + number of tokens with a strictly larger logit)
       (N, k) long:  top_base_ids, top_rl_ids (descending probability), k = min(top_k, V)
@@ -113,15 +113,15 @@ def token_shift_stats(logits_base: Tensor, logits_rl: Tensor, token_ids: Tensor,
     logb = torch.log_softmax(raw_b, dim=-1)
     logr = torch.log_softmax(raw_r, dim=-1)
     del raw_b, raw_r
-    div = _divergences_from_logprobs(logr, logb)     # p = rl, q = base
+    div = divergences_from_logprobs(logr, logb)     # p = rl, q = base
     logp_b = logb.gather(-1, chosen).squeeze(-1)
     logp_r = logr.gather(-1, chosen).squeeze(-1)
     k = min(top_k, logb.shape[-1])
     top_b, top_r = logb.topk(k, dim=-1), logr.topk(k, dim=-1)
     top_b_probs = top_b.values.exp()
     return {
-        "js": div["js"], "kl_rl_base": div["kl_pq"], "kl_base_rl": div["kl_qp"],
-        "entropy_base": div["entropy_q"], "entropy_rl": div["entropy_p"],
+        "js": div["js"], "kl_policy_base": div["kl_policy_base"], "kl_base_policy": div["kl_base_policy"],
+        "entropy_base": div["entropy_base"], "entropy_rl": div["entropy_policy"],
         "logp_base": logp_b, "logp_rl": logp_r, "dlogp": logp_r - logp_b,
         "rank_base": rank_b, "rank_rl": rank_r,
         "topk_mass_base": top_b_probs.sum(dim=-1),

@@ -42,6 +42,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+from pivotal.errors import DataError
 from pivotal.hub import env_offline as _env_offline
 from pivotal.hub import hub_reachable
 from pivotal.tasks.base import Problem
@@ -73,17 +74,17 @@ def read_rows(path: str | os.PathLike) -> list[SourceRow]:
     if not p.exists():
         raise FileNotFoundError(f"task data file not found: {p}")
     if not p.is_file():
-        raise ValueError(f"task data path is not a file: {p}")
+        raise DataError(f"task data path is not a file: {p}")
     suffix = p.suffix.lower()
     if suffix in PARQUET_SUFFIXES:
         rows = _read_parquet(p)
     elif suffix in JSON_SUFFIXES:
         rows = _read_json(p)
     else:
-        raise ValueError(f"{p}: unsupported file type '{suffix or '(none)'}'; "
+        raise DataError(f"{p}: unsupported file type '{suffix or '(none)'}'; "
                          f"use JSON lines ({', '.join(JSON_SUFFIXES)}) or parquet (.parquet)")
     if not rows:
-        raise ValueError(f"{p}: file is empty (no data rows)")
+        raise DataError(f"{p}: file is empty (no data rows)")
     return rows
 
 
@@ -91,7 +92,7 @@ def _read_json(p: Path) -> list[SourceRow]:
     try:
         text = p.read_text(encoding="utf-8")
     except UnicodeDecodeError as e:
-        raise ValueError(f"{p}: not UTF-8 text ({e})") from e
+        raise DataError(f"{p}: not UTF-8 text ({e})") from e
     if p.suffix.lower() == ".json" and text.lstrip().startswith("["):
         return _read_json_array(p, text)
     rows = []
@@ -101,7 +102,7 @@ def _read_json(p: Path) -> list[SourceRow]:
         try:
             data = json.loads(line)
         except json.JSONDecodeError as e:
-            raise ValueError(f"{p} line {lineno}: not valid JSON: {e.msg} (column {e.colno})") from None
+            raise DataError(f"{p} line {lineno}: not valid JSON: {e.msg} (column {e.colno})") from None
         rows.append(_as_row(p, f"line {lineno}", lineno, data))
     return rows
 
@@ -110,13 +111,13 @@ def _read_json_array(p: Path, text: str) -> list[SourceRow]:
     try:
         items = json.loads(text)
     except json.JSONDecodeError as e:
-        raise ValueError(f"{p} line {e.lineno}: not valid JSON: {e.msg} (column {e.colno})") from None
+        raise DataError(f"{p} line {e.lineno}: not valid JSON: {e.msg} (column {e.colno})") from None
     return [_as_row(p, f"item {i}", i, item) for i, item in enumerate(items, 1)]
 
 
 def _as_row(p: Path, where: str, index: int, data: Any) -> SourceRow:
     if not isinstance(data, dict):
-        raise ValueError(f"{p} {where}: expected a JSON object ({{\"field\": value, ...}}), "
+        raise DataError(f"{p} {where}: expected a JSON object ({{\"field\": value, ...}}), "
                          f"got {type(data).__name__}")
     return SourceRow(str(p), where, index, data)
 
@@ -127,7 +128,7 @@ def _read_parquet(p: Path) -> list[SourceRow]:
     try:
         records = pq.read_table(p).to_pylist()
     except Exception as e:  # pyarrow raises several types for a damaged file
-        raise ValueError(f"{p}: could not read parquet file: {e}") from e
+        raise DataError(f"{p}: could not read parquet file: {e}") from e
     return [SourceRow(str(p), f"row {i}", i, data) for i, data in enumerate(records, 1)]
 
 
@@ -149,7 +150,7 @@ def field_value(row: SourceRow, spec: str, role: str) -> Any:
     for name in names if names is not None else [spec]:
         if name not in row.data:
             have = ", ".join(row.data) or "(none)"
-            raise ValueError(f"{row.source} {row.where}: missing field '{name}' ({role}_field={spec!r}); "
+            raise DataError(f"{row.source} {row.where}: missing field '{name}' ({role}_field={spec!r}); "
                              f"the row has fields: {have}")
     if names is None:
         value = row.data[spec]
@@ -157,9 +158,9 @@ def field_value(row: SourceRow, spec: str, role: str) -> Any:
         try:
             value = spec.format_map(row.data)
         except (ValueError, IndexError, KeyError, AttributeError) as e:
-            raise ValueError(f"{row.source} {row.where}: bad {role}_field template {spec!r}: {e}") from None
+            raise DataError(f"{row.source} {row.where}: bad {role}_field template {spec!r}: {e}") from None
     if value is None or (isinstance(value, str) and not value.strip()):
-        raise ValueError(f"{row.source} {row.where}: {role} ({role}_field={spec!r}) is empty")
+        raise DataError(f"{row.source} {row.where}: {role} ({role}_field={spec!r}) is empty")
     return value
 
 
@@ -191,12 +192,12 @@ def extract_answer(row: SourceRow, spec: str, answer_format: str) -> str:
     if answer_format == "gsm8k":
         text = str(value)
         if "####" not in text:
-            raise ValueError(f"{row.source} {row.where}: answer_format='gsm8k' but the answer field "
+            raise DataError(f"{row.source} {row.where}: answer_format='gsm8k' but the answer field "
                              f"{spec!r} has no '#### <answer>' line: {text[-80:]!r}")
         value = text.rsplit("####", 1)[1]
     answer = clean_number(value)
     if not answer:
-        raise ValueError(f"{row.source} {row.where}: the answer after '####' is empty")
+        raise DataError(f"{row.source} {row.where}: the answer after '####' is empty")
     return answer
 
 
@@ -338,7 +339,7 @@ def resolve_data_dir(preset: str, data_dir: str | os.PathLike | None) -> Path:
     spec = PRESETS[preset]
     files = [f for f in (spec["train"], spec["eval"]) if f]
     if data_dir is None and not os.environ.get(DATA_DIR_ENV):
-        raise ValueError(f"preset '{preset}' needs its data files ({', '.join(files)}): pass data_dir=<folder> "
+        raise DataError(f"preset '{preset}' needs its data files ({', '.join(files)}): pass data_dir=<folder> "
                          f"or set the {DATA_DIR_ENV} environment variable to the folder holding them")
     origin = "data_dir argument" if data_dir is not None else f"${DATA_DIR_ENV}"
     folder = Path(data_dir if data_dir is not None else os.environ[DATA_DIR_ENV]).expanduser()
@@ -355,7 +356,7 @@ def from_preset(preset: str, data_dir: str | os.PathLike | None = None, seed: in
     """A FileTask for a known benchmark ("gsm8k", "svamp", "mawps"); eval_fraction applies only to
     presets without their own eval file."""
     if preset not in PRESETS:
-        raise ValueError(f"unknown preset '{preset}'; known: {', '.join(sorted(PRESETS))}")
+        raise DataError(f"unknown preset '{preset}'; known: {', '.join(sorted(PRESETS))}")
     spec = PRESETS[preset]
     folder = resolve_data_dir(preset, data_dir)
     return FileTask(folder / spec["train"], question_field=spec["question_field"],
@@ -387,7 +388,7 @@ def mawps_task(data_dir: str | os.PathLike | None = None, seed: int = 0, eval_fr
 # Hugging Face hub datasets
 # ----------------------------------------------------------------------------------------------
 
-class HubUnavailableError(RuntimeError):
+class HubUnavailableError(DataError, RuntimeError):
     """A hub dataset could not be loaded (no network, unknown name or split, missing package)."""
 
 
@@ -428,7 +429,7 @@ def load_hub_rows(dataset: str, split: str, config: str | None = None,
     source = f"{dataset}[{split}]"
     rows = [SourceRow(source, f"row {i}", i, dict(item)) for i, item in enumerate(loaded, 1)]
     if not rows:
-        raise ValueError(f"{source}: the split is empty (no data rows)")
+        raise DataError(f"{source}: the split is empty (no data rows)")
     return rows
 
 

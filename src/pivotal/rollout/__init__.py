@@ -1,0 +1,26 @@
+"""Rollout engines: sample G responses per prompt and record the sampling policy's log-probs.
+
+The interface is deliberately narrow (`generate` + `sync_weights`, `pivotal.rollout.base`), so the
+vLLM engine (`pivotal.rollout.vllm_engine`) stands beside the transformers one
+(`pivotal.rollout.transformers_engine`) and both fill the same batch fields. The transformers
+engine and the two-model decoders of `pivotal.analysis.decoding` share one KV-cache decode loop
+(`pivotal.rollout.kv_decode`).
+"""
+
+from pivotal.rollout.base import RolloutEngine, SamplingParams, assemble_batch, encode_prompts, filter_logits
+from pivotal.rollout.kv_decode import StepChoice, kv_decode, sample_step
+from pivotal.rollout.transformers_engine import TransformersEngine
+
+
+def build_engine(model, tokenizer, rollout_cfg, seed: int = 0) -> RolloutEngine:
+    """The engine `rollout_cfg.engine` names ("transformers" or "vllm"; config loading has already
+    turned "auto" into one of them), over the given policy."""
+    if rollout_cfg.engine == "vllm":
+        from pivotal.rollout.vllm_engine import VLLMEngine
+        return VLLMEngine(model, tokenizer, max_model_len=rollout_cfg.vllm_max_model_len,
+                          kv_cache_gb=rollout_cfg.vllm_kv_cache_gb, seed=seed)
+    return TransformersEngine(model, tokenizer)
+
+
+__all__ = ["RolloutEngine", "SamplingParams", "StepChoice", "TransformersEngine", "assemble_batch",
+           "build_engine", "encode_prompts", "filter_logits", "kv_decode", "sample_step"]
