@@ -54,11 +54,11 @@ from .report_colors import (  # noqa: F401
     RED,
     RED_HEX,
     WHITE,
-    _finite,
-    _num,
     color_scale,
     dlogp_color,
+    finite_or_none,
     js_color,
+    rounded,
 )
 from .report_data import (  # noqa: F401
     CROSS_KEYS,
@@ -110,12 +110,12 @@ def visible_token(text: str) -> str:
 
 
 def _pct(x, digits: int = 1) -> str:
-    x = _finite(x)
+    x = finite_or_none(x)
     return "n/a" if x is None else f"{100 * x:.{digits}f}%"
 
 
 def _fmt(x, digits: int = 3) -> str:
-    x = _finite(x)
+    x = finite_or_none(x)
     return "n/a" if x is None else f"{x:.{digits}f}"
 
 
@@ -138,7 +138,7 @@ def _header(summary: dict, analysis_dir: Path, cross: dict | None) -> str:
         cards.append(("accuracy of the responses", _pct(summary["accuracy"])))
     cards.append(("shifted positions", _pct(summary.get("shifted_fraction"), 2)))
     mass = summary.get("mass_moved") or {}
-    if _finite(mass.get("mean_topk_mass_base")) is not None:
+    if finite_or_none(mass.get("mean_topk_mass_base")) is not None:
         moved = (f"{_fmt(mass['mean_topk_mass_base'])} → "
                  f"{_fmt(mass.get('mean_topk_mass_rl_on_base_topk'))}")
         cards.append(("base top-5 mass: base → rl", moved))
@@ -224,14 +224,14 @@ def _hover_record(row) -> list:
         return [str(s) for s in list(v)[:TOP_N]] if v is not None else []
 
     def probs(v):
-        return [_num(p, 3) for p in list(v)[:TOP_N]] if v is not None else []
+        return [rounded(p, 3) for p in list(v)[:TOP_N]] if v is not None else []
 
     def rank(v):
-        return None if v is None or _finite(v) is None else int(v)
+        return None if v is None or finite_or_none(v) is None else int(v)
 
-    return [str(row.token), _num(row.logp_base), _num(row.logp_rl), _num(row.dlogp), _num(row.js),
-            rank(row.rank_base), rank(row.rank_rl), _num(row.entropy_base, 3),
-            _num(row.entropy_rl, 3), strings(row.top_base_tokens), probs(row.top_base_probs),
+    return [str(row.token), rounded(row.logp_base), rounded(row.logp_rl), rounded(row.dlogp), rounded(row.js),
+            rank(row.rank_base), rank(row.rank_rl), rounded(row.entropy_base, 3),
+            rounded(row.entropy_rl, 3), strings(row.top_base_tokens), probs(row.top_base_probs),
             strings(row.top_rl_tokens), probs(row.top_rl_probs)]
 
 

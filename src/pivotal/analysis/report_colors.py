@@ -19,7 +19,7 @@ CRITERION_COLORS = {"dlogp": "#2166ac", "divergence": "#e08214", "entropy": "#1b
                     "random": "#7f7f7f"}
 
 
-def _finite(x) -> float | None:
+def finite_or_none(x) -> float | None:
     """float(x), or None for None / NaN / inf (JSON has no inf; the page shows 'n/a')."""
     if x is None:
         return None
@@ -27,9 +27,9 @@ def _finite(x) -> float | None:
     return x if math.isfinite(x) else None
 
 
-def _num(x, digits: int = 4) -> float | None:
+def rounded(x, digits: int = 4) -> float | None:
     """x rounded to `digits` significant digits (keeps the embedded hover data small)."""
-    x = _finite(x)
+    x = finite_or_none(x)
     return None if x is None else float(f"{x:.{digits}g}")
 
 
@@ -41,7 +41,7 @@ def _lerp(a: tuple, b: tuple, t: float) -> str:
 def dlogp_color(dlogp, vmax: float) -> str:
     """Diverging colour of a Δlog p: white at 0, RED at <= -vmax, BLUE at >= +vmax, linear between
     (so blue minus red is monotone in Δlog p). Non-finite -> MISSING."""
-    d = _finite(dlogp)
+    d = finite_or_none(dlogp)
     if d is None:
         return MISSING
     t = max(-1.0, min(1.0, d / vmax))
@@ -50,7 +50,7 @@ def dlogp_color(dlogp, vmax: float) -> str:
 
 def js_color(js, vmax: float) -> str:
     """Sequential colour of a JS divergence: white at 0, PURPLE at >= vmax."""
-    j = _finite(js)
+    j = finite_or_none(js)
     if j is None:
         return MISSING
     return _lerp(WHITE, PURPLE, max(0.0, min(1.0, j / vmax)))
@@ -59,6 +59,6 @@ def js_color(js, vmax: float) -> str:
 def color_scale(values, floor: float, cap: float) -> float:
     """The saturation point of a colour scale: the 99th percentile of |values| clipped to
     [floor, cap], so a few extreme tokens do not wash out the rest."""
-    v = np.abs(np.asarray([x for x in values if _finite(x) is not None], dtype=np.float64))
+    v = np.abs(np.asarray([x for x in values if finite_or_none(x) is not None], dtype=np.float64))
     top = float(np.quantile(v, 0.99)) if len(v) else floor
     return max(floor, min(cap, top))

@@ -10,7 +10,7 @@ import re
 
 import numpy as np
 
-from .report_colors import BLUE_HEX, CRITERION_COLORS, PURPLE_HEX, RED_HEX, _finite
+from .report_colors import BLUE_HEX, CRITERION_COLORS, PURPLE_HEX, RED_HEX, finite_or_none
 
 DIRECTION_TITLES = {"forward": "forward: base decodes, rl's token at chosen positions",
                     "reverse": "reverse: rl decodes, base's token at chosen positions"}
@@ -81,7 +81,7 @@ def plot_sparsity(summary: dict) -> str:
     fig, axes = _figure(7.2, 2.7, ncols=2)
     for ax, key, label in zip(axes, ("js", "abs_dlogp"), ("JS divergence", "|Δlog p| (nats)")):
         pts = [(p["threshold"], p["fraction"]) for p in sparsity.get(key, [])
-               if _finite(p.get("fraction")) is not None]
+               if finite_or_none(p.get("fraction")) is not None]
         if not pts:
             ax.text(0.5, 0.5, f"no {key} sparsity in summary.json", ha="center",
                     transform=ax.transAxes)
@@ -152,14 +152,14 @@ def plot_entropy(summary: dict, width: float = 7.2) -> str:
         ax.text(0.5, 0.5, "no entropy bins in summary.json", ha="center", transform=ax.transAxes)
         return svg_of(fig, "entropy")
     x = np.arange(len(bins))
-    mean_js = [_finite(b.get("mean_js")) or 0.0 for b in bins]
+    mean_js = [finite_or_none(b.get("mean_js")) or 0.0 for b in bins]
     bars = ax.bar(x, mean_js, color=PURPLE_HEX, width=0.6, label="mean JS")
     for bar, b in zip(bars, bins):
         ax.annotate(f"n={b.get('count', 0)}", (bar.get_x() + bar.get_width() / 2,
                     bar.get_height()), textcoords="offset points", xytext=(0, 2), ha="center",
                     fontsize=7, color="#555555")
     twin = ax.twinx()
-    twin.plot(x, [_finite(b.get("shifted_fraction")) or 0.0 for b in bins], color=RED_HEX,
+    twin.plot(x, [finite_or_none(b.get("shifted_fraction")) or 0.0 for b in bins], color=RED_HEX,
               marker="o", linewidth=1.5, label="shifted fraction")
     twin.set_ylim(bottom=0)
     twin.set_ylabel("shifted fraction", color=RED_HEX)
@@ -192,13 +192,13 @@ def plot_cross_sampling(cross: dict) -> str:
         for criterion in criteria:
             pts = sorted((p["budget"], p["accuracy"]) for p in cross["points"]
                          if p["direction"] == direction and p["criterion"] == criterion
-                         and _finite(p["budget"]) is not None
-                         and _finite(p["accuracy"]) is not None)
+                         and finite_or_none(p["budget"]) is not None
+                         and finite_or_none(p["accuracy"]) is not None)
             if pts:
                 ax.plot(*zip(*pts), marker="o", markersize=3.5, linewidth=1.5, label=criterion,
                         color=CRITERION_COLORS.get(criterion))
         for key, style, who in (("accuracy_base", "--", "base"), ("accuracy_rl", ":", "rl")):
-            acc = _finite(cross[key])
+            acc = finite_or_none(cross[key])
             if acc is not None:
                 ax.axhline(acc, color="#555555" if who == "base" else "#000000", linestyle=style,
                            linewidth=1, label=f"{who} alone ({acc:.2f})")
