@@ -239,7 +239,7 @@ def test_shift_monitor_logs_sparsity_against_the_initial_policy(tmp_path):
     rows = monitored_rows(batch.size, 3)
     assert rows.tolist() == [0, 4, 7]  # 8 responses, 3 spread evenly
     sub = batch.select(rows)
-    initial = trainer._logprobs(trainer.shift_monitor.initial_model, sub)
+    initial = trainer.step_inputs.logprobs(trainer.shift_monitor.initial_model, sub)
     expected = shift_metrics(sub.old_logprobs - initial, sub.response_mask, [0.1, 0.5, 1.0])
     for key, value in expected.items():
         assert second[key] == pytest.approx(value, abs=1e-5), key

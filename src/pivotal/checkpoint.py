@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .errors import ModelLoadError
+from .errors import CheckpointError, ModelLoadError
 
 STATE_FILE = "trainer_state.pt"
 LATEST = "latest"
@@ -86,12 +86,33 @@ def save_checkpoint(root: str | Path, step: int, model, tokenizer, trainer_state
             shutil.rmtree(final)
         os.replace(tmp, final)
         _fsync_dir(root)
+    except OSError as e:  # disk full, permissions, a vanished directory: say where and how much
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise CheckpointError(f"could not write checkpoint {final}: {e.strerror or e} "
+                              f"({_free_space(root)} free there); the previous checkpoint and "
+                              f"'latest' are untouched") from e
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    _write_text_atomic(root / LATEST, final.name)
+    try:
+        _write_text_atomic(root / LATEST, final.name)
+    except OSError as e:  # the new checkpoint is complete; `latest` still names the previous one
+        raise CheckpointError(f"wrote {final} but could not update {root / LATEST}: "
+                              f"{e.strerror or e} ({_free_space(root)} free there)") from e
     _prune(root, keep)
     return final
+
+
+def _free_space(path: Path) -> str:
+    try:
+        return f"{shutil.disk_usage(path).free / 1e9:.2f} GB"
+    except OSError:
+        return "unknown space"
+
+
+def directory_bytes(path: Path) -> int:
+    """Total size of the files in a checkpoint directory."""
+    return sum(f.stat().st_size for f in Path(path).rglob("*") if f.is_file())
 
 
 def _prune(root: Path, keep: int) -> None:

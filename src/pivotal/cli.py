@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import signal
 import sys
 from pathlib import Path
 
@@ -24,6 +25,7 @@ from .analysis import cli_analyze, cli_cross_sample, cli_report
 from .analysis.cli_cross_sample import add_extrapolation_args, extrapolation_engine_from_args
 from .config import ConfigError, describe_keys, load_config
 from .errors import PivotalError
+from .interrupts import RunInterrupted, exit_status
 from .registry import UnknownNameError
 
 
@@ -53,7 +55,10 @@ def cmd_train(args) -> int:
           f"{cfg.rollout.prompts_per_step}x{cfg.rollout.group_size} | output {cfg.train.output_dir}",
           flush=True)
     trainer = Trainer(cfg, progress=not args.quiet)
-    trainer.train(resume=args.resume)
+    try:
+        trainer.train(resume=args.resume)
+    except RunInterrupted as stop:  # saved, and the line saying where was printed
+        return exit_status(stop.signum)
     return 0
 
 
@@ -170,8 +175,16 @@ def main(argv: list[str] | None = None) -> int:
     for noisy in ("httpx", "urllib3", "filelock", "transformers"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     args = build_parser().parse_args(argv)
+    # outside training (which saves first) SIGTERM ends a command like Ctrl-C: one line, no traceback
+    previous = signal.signal(signal.SIGTERM, _terminate) if _main_thread() else None
     try:
         return args.fn(args)
+    except KeyboardInterrupt:
+        print("pivotal: interrupted", file=sys.stderr)
+        return exit_status(signal.SIGINT)
+    except _Terminated:
+        print("pivotal: terminated", file=sys.stderr)
+        return exit_status(signal.SIGTERM)
     except ConfigError as e:
         if args.debug:
             raise
@@ -183,6 +196,22 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"pivotal: error: {e}", file=sys.stderr)
         return 2
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+class _Terminated(Exception):
+    """SIGTERM outside training."""
+
+
+def _terminate(signum, frame):
+    raise _Terminated()
+
+
+def _main_thread() -> bool:
+    import threading
+    return threading.current_thread() is threading.main_thread()
 
 
 if __name__ == "__main__":

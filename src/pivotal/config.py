@@ -164,8 +164,18 @@ class TrainConfig:
     steps: int = _f(30, "Training steps (one rollout batch each).")
     seed: int = _f(0, "Seeds sampling, shuffling and the task stream.")
     output_dir: str = _f("runs/demo", "Where metrics, checkpoints and the final model go.")
-    save_every: int = _f(0, "Checkpoint every N steps (0 = only at the end).")
+    save_every: int = _f(0, "Checkpoint every N steps (0 = by time only, and at the end).")
+    save_every_minutes: float = _f(10.0, "Also checkpoint after a step once this many minutes have "
+                                   "passed since the last checkpoint (0 = off): a crash loses at "
+                                   "most about this much work.")
     keep_checkpoints: int = _f(2, "How many recent checkpoints to keep.")
+    max_bad_steps: int = _f(3, "Consecutive steps with a non-finite loss, gradient norm or reward "
+                            "(each skipped, weights unchanged) after which the run stops.")
+    warn_zero_variance_steps: int = _f(5, "Warn when every group's rewards agreed in this many "
+                                       "consecutive steps (nothing to learn; 0 = never).")
+    interrupt_signals: list = _f(["SIGUSR1"], "Signals besides SIGINT and SIGTERM that stop the "
+                                 "run gracefully: save, then exit (Slurm's --signal sends "
+                                 "SIGUSR1 before the time limit).")
     eval_every: int = _f(0, "Held-out greedy eval every N steps (0 = only before/after).")
     eval_before_after: bool = _f(True, "Greedy held-out accuracy before and after training.")
     plugins: list = _f([], "Python modules imported before validation; they may register "

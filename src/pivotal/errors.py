@@ -24,3 +24,12 @@ class ModelLoadError(PivotalError, RuntimeError):
 
 class RewardError(PivotalError, ValueError):
     """A reward function cannot be built; the message names the component and option."""
+
+
+class CheckpointError(PivotalError, OSError):
+    """A checkpoint could not be written or read; the message names the path (and the free space)."""
+
+
+class NonFiniteError(PivotalError, FloatingPointError):
+    """Training produced non-finite values too often (or weights to save are non-finite); the
+    message names the first bad quantity and its step."""

@@ -73,11 +73,26 @@ def read_metrics(path: str | Path) -> list[dict]:
     return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
 
 
+def group_metrics(batch) -> dict:
+    """The step line's rollout metrics of a scored batch: reward, accuracy, lengths, truncation,
+    the share of groups whose rewards all agree."""
+    from .algos import group_stats
+
+    lengths = batch.response_lengths
+    return {"reward": batch.rewards.mean().item(),
+            "accuracy": batch.correct.float().mean().item(),
+            "response_length": lengths.mean().item(),
+            "response_length_max": lengths.max().item(),
+            "truncation_rate": batch.truncated.float().mean().item(),
+            "zero_variance_groups": group_stats(batch.rewards, batch.group_ids)["zero_variance_frac"]}
+
+
 # ---------------------------------------------------------------------------- console lines
 
 def format_step(step: int, total: int, m: dict) -> str:
     if m.get("skipped"):
-        return f"step {step}/{total} | skipped (all groups agree) | reward {m['reward']:.3f}"
+        why = f"non-finite {m['nonfinite']}" if m.get("nonfinite") else "all groups agree"
+        return f"step {step}/{total} | skipped ({why}; weights unchanged) | reward {m['reward']:.3f}"
     labels = (f" | labels {m['labels_queried']} (total {m['labels_queried_total']}) pseudo-acc "
               f"{m['pseudo_label_accuracy']:.2f}" if "labels_queried" in m else "")
     shift_keys = [k for k in m if k.startswith("shift_frac_")]  # the live shift monitor

@@ -14,8 +14,10 @@ the sampler/trainer gap metric and truncated importance sampling (`algo.tis_cap`
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import shlex
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,29 +27,23 @@ from tqdm.auto import tqdm
 
 from . import checkpoint as ckpt
 from .algos import (
-    ADVANTAGES,
-    CREDITS,
-    credit_requirements,
     dynamic_sampling_mask,
-    group_stats,
-    kl_reward_penalty,
     overlong_penalty,
-    truncation_mask,
 )
-from .algos.credit import DIVERGENCE_INPUT
 from .auxiliary import build_auxiliary_losses
 from .batch import RolloutBatch
 from .config import Config, resolve_config, save_config
-from .divergence import response_divergences
 from .evaluate import evaluate
+from .interrupts import GracefulInterrupts, RunInterrupted
 from .labeling import build_active_labels
-from .logprobs import logprobs_no_grad, per_token_no_grad
-from .metrics import MetricsLogger, format_before_after, format_eval, format_step
+from .metrics import MetricsLogger, format_before_after, format_eval, format_step, group_metrics
 from .models import load_model, load_reference
 from .plots import plot_run
 from .rewards import build_scorer
 from .rollout import SamplingParams, build_engine
+from .safety import CheckpointClock, StepChecks, check_finite_weights
 from .shift_monitor import build_shift_monitor
+from .step_inputs import StepInputs
 from .tasks import build_task, format_prompt
 from .update import PolicyUpdate, seed_for
 from .validation import reference_users, validate_config
@@ -83,11 +79,7 @@ class Trainer:
         self.device = next(self.model.parameters()).device
         if cfg.model.gradient_checkpointing:
             self.model.gradient_checkpointing_enable()
-        # what the credit function reads, resolved once; a reference model is loaded only when
-        # something reads it (a KL term or the credit)
-        self.credit_inputs = credit_requirements(CREDITS.get(cfg.algo.credit), cfg.algo.credit_options)
-        self.divergence_kinds = sorted(n[len(DIVERGENCE_INPUT):] for n in self.credit_inputs
-                                       if n.startswith(DIVERGENCE_INPUT))
+        # a reference model is loaded only when something reads it (a KL term or the credit)
         self.ref_model = (load_reference(cfg.model.reference, self.model, self.tokenizer, cfg.model)
                           if reference_users(cfg) else None)
         self.shift_monitor = build_shift_monitor(cfg.train, self.model, self.ref_model,
@@ -101,13 +93,14 @@ class Trainer:
         warmup = cfg.optim.warmup_steps
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda s: min(1.0, (s + 1) / warmup) if warmup else 1.0)
+        self.step_inputs = StepInputs(cfg, self.model, self.ref_model, self.shift_monitor)
         self.update = PolicyUpdate(cfg, self.model, self.optimizer, self.scheduler, self.auxiliary)
-        self.advantage = ADVANTAGES.get(cfg.algo.advantage)
         self.step = 0
         self.cursor = 0  # index of the next training problem
         self.labels_queried = 0  # true labels read for training (active labels)
         self.history: dict = {}  # before/after evaluations
         self.eval_problems = self.task.eval_problems()[: cfg.eval.size]
+        self._interrupts: GracefulInterrupts | None = None  # set while train() runs
 
     # ------------------------------------------------------------------ rollout and scoring
     def sync_engine(self) -> float:
@@ -157,11 +150,11 @@ class Trainer:
         want = self.cfg.rollout.prompts_per_step
         if not self.cfg.algo.dynamic_sampling:
             batch = self._sample_round(0, 0, state)
-            return batch, {"sampling_rounds": 1, **_group_metrics(batch), **state.label_metrics}
+            return batch, {"sampling_rounds": 1, **group_metrics(batch), **state.label_metrics}
         kept, n_groups, first = [], 0, None
         for r in range(self.cfg.algo.max_sampling_rounds):
             batch = self._sample_round(r, r * want, state)
-            first = first or _group_metrics(batch)
+            first = first or group_metrics(batch)
             keep = dynamic_sampling_mask(batch.rewards, batch.group_ids)
             if keep.any():
                 kept.append(batch.select(keep.nonzero().squeeze(-1)))
@@ -176,48 +169,29 @@ class Trainer:
         return batch.select(torch.isin(batch.group_ids, groups).nonzero().squeeze(-1)), metrics
 
     # ------------------------------------------------------------------ one step
-    def _logprobs(self, model, batch: RolloutBatch) -> torch.Tensor:
-        return logprobs_no_grad(model, batch, self.cfg.rollout.temperature,
-                                self.cfg.optim.share_prompt, self.cfg.optim.micro_batch_size)
-
     def prepare(self, batch: RolloutBatch) -> dict:
-        """Add to a scored batch everything the update reads, in place: the sampler's log-probs,
-        reference log-probs, divergences, recomputed pi_old, the KL reward penalty, advantages and
-        token weights. Returns the shift monitor's metrics (if it is on)."""
-        cfg, metrics = self.cfg, {}
-        batch.sampler_logprobs = batch.old_logprobs.clone()
-        if self.ref_model is not None:
-            batch.ref_logprobs = self._logprobs(self.ref_model, batch)
-        if self.shift_monitor is not None:
-            metrics.update(self.shift_monitor(batch, self._logprobs))
-        if self.divergence_kinds:  # per-token divergence: old policy vs the frozen reference
-            divergences = per_token_no_grad(batch, lambda view: response_divergences(
-                self.model, self.ref_model, view, temperature=cfg.rollout.temperature,
-                share_prompt=cfg.optim.share_prompt), cfg.optim.micro_batch_size, self.device)
-            batch.divergence = divergences[self.divergence_kinds[0]]
-        if cfg.algo.old_logprobs == "recompute":
-            batch.old_logprobs = self._logprobs(self.model, batch)
-        if cfg.algo.kl_in_reward:  # after the recompute: pi_old is the trainer's where it exists
-            batch.rewards = batch.rewards - kl_reward_penalty(
-                batch.old_logprobs, batch.ref_logprobs, batch.response_mask, coef=cfg.algo.kl_beta)
-        batch.advantages = self.advantage(batch.rewards, batch.group_ids, batch.response_mask,
-                                          **cfg.algo.advantage_options)
-        if cfg.reward.mask_truncated:
-            batch.token_weights = truncation_mask(batch.truncated, batch.response_mask)
-        return metrics
+        """Add what the update reads to a scored batch, in place (`pivotal.step_inputs`)."""
+        return self.step_inputs(batch)
 
     def train_step(self) -> dict:
         state = StepState()
         self.model.eval()
         t_start = time.perf_counter()
-        batch, metrics = self.rollout(state)
+        with self._abandonable():  # nothing has changed yet that the last step's state lacks
+            batch, metrics = self.rollout(state)
         if batch.size == 0:
             log.warning("step %d: every group's rewards agree; no update", self.step)
             return {**metrics, "skipped": 1, **state.timing_metrics()}
         t_train = time.perf_counter()
         metrics.update(self.prepare(batch))
         self.last_batch = batch  # kept for inspection and the benchmarks
+        if not (torch.isfinite(batch.rewards).all() and torch.isfinite(batch.advantages).all()):
+            log.warning("step %d: non-finite rewards or advantages; no update", self.step)
+            return {**metrics, "skipped": 1, "nonfinite": "reward", "optimizer_steps": 0,
+                    **state.timing_metrics()}
         metrics.update(self.update(batch, self.step))
+        if not metrics["optimizer_steps"]:
+            metrics["skipped"] = 1
         self.engine_stale = True
         state.seconds["train"] += time.perf_counter() - t_train
         total = time.perf_counter() - t_start
@@ -256,6 +230,8 @@ class Trainer:
         return bool(self.cfg.algo.reference_ratchet_every or self.cfg.algo.reference_ratchet_on_eval)
 
     def save(self) -> Path:
+        """Checkpoint the current step atomically (never from non-finite weights)."""
+        check_finite_weights([self.model, *self.auxiliary], self.step)
         state = {"step": self.step, "cursor": self.cursor, "optimizer": self.optimizer.state_dict(),
                  "scheduler": self.scheduler.state_dict(), "rng": ckpt.rng_state(),
                  "history": self.history, "config": self.cfg.to_dict(),
@@ -302,7 +278,24 @@ class Trainer:
         if cfg.algo.reference_ratchet_every and self.step % cfg.algo.reference_ratchet_every == 0:
             metrics["reference_ratchet"] = self.ratchet_reference()
 
+    def _abandonable(self):
+        return self._interrupts.abandonable() if self._interrupts else contextlib.nullcontext()
+
+    def _timed_save(self, metrics: dict | None = None) -> Path:
+        """Save, and report the checkpoint's cost (seconds, GB) in `metrics` and in one line."""
+        t0 = time.perf_counter()
+        path = self.save()
+        seconds, gb = time.perf_counter() - t0, ckpt.directory_bytes(path) / 1e9
+        if metrics is not None:
+            metrics.update({"checkpoint_seconds": seconds, "checkpoint_gb": gb})
+        log.info("checkpoint %s: %.2f GB in %.1f s", path, gb, seconds)
+        self._saved_step = self.step
+        self._clock.saved()
+        return path
+
     def train(self, resume: bool = False) -> dict:
+        """Train to `train.steps`. On SIGINT / SIGTERM (`pivotal.interrupts`) it saves the last
+        completed step and raises RunInterrupted, whose `signum` gives the exit status."""
         cfg = self.cfg
         resumed = self.resume() if resume else False
         self.out_dir.mkdir(parents=True, exist_ok=True)
@@ -310,29 +303,54 @@ class Trainer:
         logger = MetricsLogger(self.out_dir, cfg.train.tensorboard, cfg.train.wandb,
                                resume_step=self.step if resumed else None, run_config=cfg.to_dict())
         say = tqdm.write if self.progress else log.info
-        if cfg.train.eval_before_after and "before" not in self.history:
-            self.history["before"] = self.evaluate("before")
-            say(format_eval("before", self.history["before"]))
+        interrupts = GracefulInterrupts(tuple(cfg.train.interrupt_signals))
+        checks = StepChecks(cfg.train.max_bad_steps, cfg.train.warn_zero_variance_steps, say)
+        self._clock = CheckpointClock(cfg.train.save_every, cfg.train.save_every_minutes)
+        self._saved_step = self.step if resumed else None
         bar = tqdm(total=cfg.train.steps, initial=self.step, desc="train", unit="step",
                    disable=not self.progress)
-        try:
-            while self.step < cfg.train.steps:
-                metrics = self.train_step()
-                self.step += 1
-                self._after_step(metrics)
-                logger.log(self.step, metrics)
-                say(format_step(self.step, cfg.train.steps, metrics))
-                bar.update(1)
-                if cfg.train.save_every and self.step % cfg.train.save_every == 0:
-                    self.save()
-        finally:
-            bar.close()
-            logger.close()
-        if cfg.train.eval_before_after and "after" not in self.history:
-            self.history["after"] = self.evaluate("after")
-            say(format_eval("after", self.history["after"]))
-        if not cfg.train.save_every or self.step % cfg.train.save_every:
-            self.save()
+        with interrupts.installed():
+            self._interrupts = interrupts
+            try:
+                if cfg.train.eval_before_after and "before" not in self.history:
+                    with self._abandonable():
+                        self.history["before"] = self.evaluate("before")
+                    say(format_eval("before", self.history["before"]))
+                while self.step < cfg.train.steps and interrupts.requested is None:
+                    point = (self.cursor, self.labels_queried, ckpt.rng_state())
+                    try:
+                        metrics = self.train_step()
+                    except RunInterrupted:  # mid-rollout: back to the end of the last step
+                        self.cursor, self.labels_queried = point[0], point[1]
+                        ckpt.set_rng_state(point[2])
+                        break
+                    self.step += 1
+                    self._after_step(metrics)
+                    checks.after_step(self.step, metrics)
+                    if self._clock.due(self.step) or interrupts.requested is not None:
+                        self._timed_save(metrics)
+                    logger.log(self.step, metrics)
+                    say(format_step(self.step, cfg.train.steps, metrics))
+                    bar.update(1)
+                if interrupts.requested is None and cfg.train.eval_before_after \
+                        and "after" not in self.history:
+                    with self._abandonable():
+                        self.history["after"] = self.evaluate("after")
+                    say(format_eval("after", self.history["after"]))
+            except RunInterrupted:
+                pass  # an evaluation was abandoned: what is left is the save below
+            finally:
+                bar.close()
+                logger.close()
+                self._interrupts = None
+            if self.step > 0 and self._saved_step != self.step:
+                self._timed_save()
+            if interrupts.requested is not None:
+                where = ckpt.latest_checkpoint(self.ckpt_dir)
+                say(f"pivotal: stopped after step {self.step}/{cfg.train.steps}; checkpoint "
+                    f"{where or 'none (no step completed)'}; resume with: pivotal train "
+                    f"{shlex.quote(str(self.out_dir / 'config.yaml'))} --resume")
+                raise RunInterrupted(interrupts.requested)
         summary = {"steps": self.step, "final_checkpoint": str(ckpt.latest_checkpoint(self.ckpt_dir)),
                    **self.history}
         (self.out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
@@ -347,12 +365,3 @@ class Trainer:
                                     len(self.eval_problems)))
         return summary
 
-
-def _group_metrics(batch: RolloutBatch) -> dict:
-    lengths = batch.response_lengths
-    return {"reward": batch.rewards.mean().item(),
-            "accuracy": batch.correct.float().mean().item(),
-            "response_length": lengths.mean().item(),
-            "response_length_max": lengths.max().item(),
-            "truncation_rate": batch.truncated.float().mean().item(),
-            "zero_variance_groups": group_stats(batch.rewards, batch.group_ids)["zero_variance_frac"]}

@@ -15,6 +15,7 @@ the trainer's own value of the sampler's weights, the gap to the sampler's log-p
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -83,7 +84,7 @@ class PolicyUpdate:
         self.model.train()
         sums: dict[str, float] = {}
         weight_total = 0.0
-        grad_norms = []
+        grad_norms, skipped = [], []
         mismatch = Mismatch()
         on_policy = True  # no optimizer step since the rollout: pi_theta == pi_old exactly
         for epoch in range(cfg.optim.epochs_per_rollout):
@@ -101,38 +102,53 @@ class PolicyUpdate:
                           for idx in by_length.split(cfg.optim.micro_batch_size)]
                 aux_stats = [aux.minibatch_statistics(self.model, micros, on_policy)
                              for aux in self.auxiliary]
+                finite_loss = True
                 for micro in micros:
-                    m = self._micro_step(micro, on_policy, totals, credit_stats, aux_stats,
-                                         mismatch)
+                    m, finite = self._micro_step(micro, on_policy, totals, credit_stats,
+                                                 aux_stats, mismatch)
+                    finite_loss &= finite
                     w = micro.response_mask.sum().item()
                     weight_total += w
                     for k, v in m.items():
                         sums[k] = sums.get(k, 0.0) + v * w
-                grad_norms.append(self._optimizer_step())
-                on_policy = False
+                norm, cause = self._optimizer_step(None if finite_loss else "loss")
+                if cause is None:
+                    grad_norms.append(norm)
+                    on_policy = False
+                else:
+                    skipped.append(cause)
         self.model.eval()
         out = {k: v / max(weight_total, 1e-9) for k, v in sums.items()}
-        out["grad_norm"] = sum(grad_norms) / len(grad_norms)
+        out["grad_norm"] = sum(grad_norms) / len(grad_norms) if grad_norms else math.nan
         out["optimizer_steps"] = len(grad_norms)
+        if skipped:  # refused steps: the weights, the optimizer and the schedule did not move
+            out["skipped_optimizer_steps"] = len(skipped)
+            out["nonfinite"] = skipped[0]
         out.update(mismatch.metrics())
         return out
 
-    def _optimizer_step(self) -> float:
-        """Clip (when optim.max_grad_norm > 0), step, zero the gradients. Returns the grad norm."""
+    def _optimizer_step(self, cause: str | None) -> tuple[float, str | None]:
+        """Clip (when optim.max_grad_norm > 0), step, zero the gradients. A non-finite loss
+        (`cause`) or gradient norm refuses the step: the gradients are dropped and nothing moves.
+        Returns the grad norm and the cause of a refusal (None when the step was taken)."""
         params = self.parameters()
         if self.cfg.optim.max_grad_norm > 0:
-            norm = torch.nn.utils.clip_grad_norm_(params, self.cfg.optim.max_grad_norm)
+            norm = float(torch.nn.utils.clip_grad_norm_(params, self.cfg.optim.max_grad_norm))
         else:
-            norm = torch.linalg.vector_norm(torch.stack(
-                [p.grad.norm() for p in params if p.grad is not None]))
-        self.optimizer.step()
-        self.scheduler.step()
+            norm = float(torch.linalg.vector_norm(torch.stack(
+                [p.grad.norm() for p in params if p.grad is not None])))
+        cause = cause or (None if math.isfinite(norm) else "grad_norm")
+        if cause is None:
+            self.optimizer.step()
+            self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
-        return float(norm)
+        return norm, cause
 
     def _micro_step(self, micro: RolloutBatch, on_policy: bool, totals: Totals,
-                    credit_stats: dict | None, aux_stats: list[dict], mismatch: Mismatch) -> dict:
-        """Forward, objective and backward of one micro-batch. Returns its metrics."""
+                    credit_stats: dict | None, aux_stats: list[dict],
+                    mismatch: Mismatch) -> tuple[dict, bool]:
+        """Forward, objective and backward of one micro-batch. Returns its metrics and whether its
+        loss is finite."""
         cfg = self.cfg
         entropy_grad = cfg.algo.entropy_coef > 0
         states = None
@@ -160,4 +176,4 @@ class PolicyUpdate:
             sampler_logprobs=micro.sampler_logprobs, ref_logprobs=micro.ref_logprobs,
             entropy=entropy, auxiliary=auxiliary)
         loss.backward()
-        return metrics
+        return metrics, math.isfinite(loss.item())

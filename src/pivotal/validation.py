@@ -96,7 +96,14 @@ def validate_config(cfg: Config) -> None:
                  "eval.max_new_tokens", "eval.batch_size", "algo.max_sampling_rounds"):
         section, key = path.split(".")
         _positive(getattr(getattr(cfg, section), key), path)
-    for path in ("rollout.temperature", "algo.kl_beta", "algo.entropy_coef",
+    from .interrupts import signal_number
+    for name in cfg.train.interrupt_signals:
+        try:
+            signal_number(str(name))
+        except ValueError as e:
+            raise ConfigError(f"train.interrupt_signals: {e}") from None
+    for path in ("train.save_every_minutes", "train.max_bad_steps", "train.warn_zero_variance_steps",
+                 "rollout.temperature", "algo.kl_beta", "algo.entropy_coef",
                  "optim.weight_decay", "optim.max_grad_norm", "train.save_every",
                  "train.eval_every", "reward.overlong_buffer", "optim.warmup_steps",
                  "algo.reference_ratchet_every"):

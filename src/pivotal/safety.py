@@ -1,0 +1,73 @@
+"""What keeps a run from losing or corrupting work: checkpoint cadence, the refusal of non-finite
+steps, and the warning for a run with nothing left to learn.
+
+A step whose loss, gradient norm or reward is not finite is refused (`pivotal.update` skips its
+optimizer steps, so the weights, the optimizer state and the schedule do not move); after
+`train.max_bad_steps` consecutive refused steps the run stops with a `NonFiniteError` naming the
+first bad quantity and its step. Weights are checked before every checkpoint.
+"""
+
+from __future__ import annotations
+
+import time
+
+import torch
+
+from .errors import NonFiniteError
+
+
+class CheckpointClock:
+    """When to checkpoint: every `every_steps` steps and/or once `every_minutes` have passed."""
+
+    def __init__(self, every_steps: int, every_minutes: float):
+        self.every_steps, self.every_seconds = every_steps, every_minutes * 60.0
+        self.last = time.monotonic()
+
+    def due(self, step: int) -> bool:
+        by_steps = bool(self.every_steps) and step % self.every_steps == 0
+        by_time = self.every_seconds > 0 and time.monotonic() - self.last >= self.every_seconds
+        return by_steps or by_time
+
+    def saved(self) -> None:
+        self.last = time.monotonic()
+
+
+class StepChecks:
+    """Bookkeeping across steps: consecutive refused steps and consecutive all-agree steps."""
+
+    def __init__(self, max_bad_steps: int, warn_zero_variance_steps: int, say):
+        self.max_bad_steps, self.warn_after, self.say = max_bad_steps, warn_zero_variance_steps, say
+        self.bad: list[tuple[int, str]] = []  # (step, cause) of the current run of refused steps
+        self.agreeing = 0
+
+    def after_step(self, step: int, metrics: dict) -> None:
+        """Raise NonFiniteError after too many refused steps; warn once per all-agree streak."""
+        cause = metrics.get("nonfinite")
+        if cause is not None and not metrics.get("optimizer_steps"):
+            self.bad.append((step, cause))
+            if len(self.bad) >= self.max_bad_steps:
+                first_step, first_cause = self.bad[0]
+                raise NonFiniteError(f"non-finite {first_cause} at step {first_step}, and "
+                                     f"{len(self.bad)} consecutive steps refused for non-finite "
+                                     f"values (train.max_bad_steps={self.max_bad_steps})")
+        else:
+            self.bad.clear()
+        if metrics.get("zero_variance_groups") == 1.0:
+            self.agreeing += 1
+            if self.agreeing == self.warn_after:
+                self.say(f"warning: every group's rewards agreed in the last {self.agreeing} "
+                         f"steps: nothing to learn (a collapsed or hopeless policy?); entropy "
+                         f"{metrics.get('entropy', float('nan')):.3f}, truncation rate "
+                         f"{metrics.get('truncation_rate', float('nan')):.2f}, reward "
+                         f"{metrics.get('reward', float('nan')):.3f}")
+        else:
+            self.agreeing = 0
+
+
+def check_finite_weights(modules, step: int) -> None:
+    """NonFiniteError if any parameter of `modules` holds a NaN or inf (never checkpoint those)."""
+    for module in modules:
+        for name, param in module.named_parameters():
+            if not torch.isfinite(param).all():
+                raise NonFiniteError(f"refusing to checkpoint step {step}: parameter '{name}' "
+                                     f"is not finite")

@@ -1,0 +1,58 @@
+"""What the update reads, added to a scored rollout batch: the stage between scoring and the update.
+
+The configured methods say what they need (a KL term or a credit's `@requires` reads reference
+log-probs; a credit may require a per-token divergence), resolved once when the stage is built;
+this module gathers exactly that, with no branch on a method's name.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .algos import ADVANTAGES, CREDITS, credit_requirements, kl_reward_penalty, truncation_mask
+from .algos.credit import DIVERGENCE_INPUT
+from .batch import RolloutBatch
+from .divergence import response_divergences
+from .logprobs import logprobs_no_grad, per_token_no_grad
+
+
+class StepInputs:
+    """Fills a batch in place with the sampler's log-probs, reference log-probs, divergences,
+    recomputed pi_old, the KL reward penalty, advantages and token weights."""
+
+    def __init__(self, cfg, model, ref_model, shift_monitor):
+        self.cfg, self.model, self.ref_model, self.shift_monitor = cfg, model, ref_model, shift_monitor
+        inputs = credit_requirements(CREDITS.get(cfg.algo.credit), cfg.algo.credit_options)
+        self.divergence_kinds = sorted(n[len(DIVERGENCE_INPUT):] for n in inputs
+                                       if n.startswith(DIVERGENCE_INPUT))
+        self.advantage = ADVANTAGES.get(cfg.algo.advantage)
+        self.device = next(model.parameters()).device
+
+    def logprobs(self, model, batch: RolloutBatch) -> torch.Tensor:
+        """(B, T) no-grad log-probs of the batch's responses under `model`, micro-batched."""
+        return logprobs_no_grad(model, batch, self.cfg.rollout.temperature,
+                                self.cfg.optim.share_prompt, self.cfg.optim.micro_batch_size)
+
+    def __call__(self, batch: RolloutBatch) -> dict:
+        """Fill `batch` in place; returns the shift monitor's metrics (if it is on)."""
+        cfg, metrics = self.cfg, {}
+        batch.sampler_logprobs = batch.old_logprobs.clone()
+        if self.ref_model is not None:
+            batch.ref_logprobs = self.logprobs(self.ref_model, batch)
+        if self.shift_monitor is not None:
+            metrics.update(self.shift_monitor(batch, self.logprobs))
+        if self.divergence_kinds:  # per-token divergence: old policy vs the frozen reference
+            divergences = per_token_no_grad(batch, lambda view: response_divergences(
+                self.model, self.ref_model, view, temperature=cfg.rollout.temperature,
+                share_prompt=cfg.optim.share_prompt), cfg.optim.micro_batch_size, self.device)
+            batch.divergence = divergences[self.divergence_kinds[0]]
+        if cfg.algo.old_logprobs == "recompute":
+            batch.old_logprobs = self.logprobs(self.model, batch)
+        if cfg.algo.kl_in_reward:  # after the recompute: pi_old is the trainer's where it exists
+            batch.rewards = batch.rewards - kl_reward_penalty(
+                batch.old_logprobs, batch.ref_logprobs, batch.response_mask, coef=cfg.algo.kl_beta)
+        batch.advantages = self.advantage(batch.rewards, batch.group_ids, batch.response_mask,
+                                          **cfg.algo.advantage_options)
+        if cfg.reward.mask_truncated:
+            batch.token_weights = truncation_mask(batch.truncated, batch.response_mask)
+        return metrics
