@@ -4,6 +4,7 @@ refused non-finite steps, and a checkpoint write that fails half-way (tiny model
 from __future__ import annotations
 
 import errno
+import json
 import os
 import subprocess
 import sys
@@ -161,3 +162,47 @@ def test_a_save_that_fails_half_way_loses_nothing(tmp_path, monkeypatch):
 def test_unknown_interrupt_signal_is_a_config_error():
     with pytest.raises(ConfigError, match="train.interrupt_signals: unknown signal 'SIGNOPE'"):
         load_config(None, ["train.interrupt_signals=[SIGNOPE]"])
+
+
+def test_step_checks_warn_once_per_all_agree_streak_and_count_refusals():
+    from pivotal.safety import StepChecks
+    said = []
+    checks = StepChecks(max_bad_steps=2, warn_zero_variance_steps=3, say=said.append)
+    agree = {"zero_variance_groups": 1.0, "entropy": 0.01, "truncation_rate": 0.0, "reward": 0.0,
+             "optimizer_steps": 1}
+    for step in range(1, 6):
+        checks.after_step(step, agree)
+    assert len(said) == 1 and "in the last 3 steps" in said[0] and "entropy 0.010" in said[0]
+    checks.after_step(6, {"nonfinite": "grad_norm", "optimizer_steps": 0})
+    checks.after_step(7, {"optimizer_steps": 1})  # a good step ends the run of refusals
+    checks.after_step(8, {"nonfinite": "reward", "optimizer_steps": 0})
+    with pytest.raises(NonFiniteError, match="non-finite reward at step 8"):
+        checks.after_step(9, {"nonfinite": "loss", "optimizer_steps": 0})
+
+
+def test_checkpoint_clock_by_steps_and_by_wall_time(monkeypatch):
+    import pivotal.safety as safety
+    now = {"t": 1000.0}
+    monkeypatch.setattr(safety.time, "monotonic", lambda: now["t"])
+    clock = safety.CheckpointClock(every_steps=5, every_minutes=10)
+    assert not clock.due(1) and clock.due(5)
+    now["t"] += 601
+    assert clock.due(2)
+    clock.saved()
+    assert not clock.due(3)
+    assert not safety.CheckpointClock(0, 0).due(7)
+
+
+def test_sigterm_during_eval_keeps_the_rows_already_written(tmp_path):
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")]),
+           "PIVOTAL_TEST_SIGNAL": "SIGTERM", "PIVOTAL_TEST_SIGNAL_AT_ROLLOUT": "3"}
+    cmd = [sys.executable, "-m", "pivotal", "eval", "--model", "tiny-random", "--out", str(tmp_path),
+           "train.plugins=[interrupt_helpers]", "eval.size=6", "eval.batch_size=1",
+           "eval.max_new_tokens=4", "task.options={levels: [{ops: ['+'], digits: 1}]}"]
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 143, done.stderr[-2000:]
+    assert "Traceback" not in done.stderr and "eval interrupted (SIGTERM) after 2 responses" in done.stderr
+    rows = (tmp_path / "generations.jsonl").read_text().splitlines()
+    assert len(rows) == 2  # the two prompts answered before the signal
+    summary = json.loads((tmp_path / "eval_summary.json").read_text())
+    assert summary["num_problems"] == 2 and summary["interrupted"] == "SIGTERM"

@@ -92,7 +92,7 @@ def cmd_eval(args) -> int:
                                 max_new_tokens=cfg.eval.max_new_tokens,
                                 batch_size=cfg.eval.batch_size, instruction=cfg.task.instruction,
                                 system_prompt=cfg.task.system_prompt, seed=cfg.train.seed,
-                                engine=engine)
+                                engine=engine, keep_partial=True)
     if extrapolation is not None:
         summary["extrapolation"] = {"base": args.extrapolate_base, "gamma": args.gamma,
                                     "tau": args.tau, "where": args.extrapolate_where,
@@ -109,6 +109,10 @@ def cmd_eval(args) -> int:
     write_eval_outputs(out, summary, records)
     print(json.dumps(summary, indent=2))
     print(f"wrote {out / 'eval_summary.json'} and {out / 'generations.jsonl'}")
+    if summary.get("interrupted"):  # the rows answered before the interrupt are kept
+        print(f"pivotal: eval interrupted ({summary['interrupted']}) after {len(records)} "
+              "responses; kept them", file=sys.stderr)
+        return exit_status(getattr(signal, summary["interrupted"]))
     return 0
 
 
@@ -179,12 +183,12 @@ def main(argv: list[str] | None = None) -> int:
     previous = signal.signal(signal.SIGTERM, _terminate) if _main_thread() else None
     try:
         return args.fn(args)
-    except KeyboardInterrupt:
-        print("pivotal: interrupted", file=sys.stderr)
-        return exit_status(signal.SIGINT)
     except _Terminated:
         print("pivotal: terminated", file=sys.stderr)
         return exit_status(signal.SIGTERM)
+    except KeyboardInterrupt:
+        print("pivotal: interrupted", file=sys.stderr)
+        return exit_status(signal.SIGINT)
     except ConfigError as e:
         if args.debug:
             raise
@@ -201,8 +205,10 @@ def main(argv: list[str] | None = None) -> int:
             signal.signal(signal.SIGTERM, previous)
 
 
-class _Terminated(Exception):
-    """SIGTERM outside training."""
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM outside training: handled like Ctrl-C (work stops cleanly), reported as SIGTERM."""
+
+    signal_name = "SIGTERM"
 
 
 def _terminate(signum, frame):

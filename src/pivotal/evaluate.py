@@ -55,26 +55,37 @@ class Judge:
         return ok, ok
 
 
-def _generate_all(engine, prompts, n, params, batch_size, seed, desc, progress):
-    """Responses grouped per prompt: list (len(prompts)) of lists (n) of (text, length)."""
+def _generate_all(engine, prompts, n, params, batch_size, seed, desc, progress, keep_partial):
+    """Responses grouped per prompt: list of lists (n) of (text, length), and whether an
+    interrupt (Ctrl-C, or the CLI's SIGTERM) stopped it early: then the list covers the prompts
+    of the chunks already generated, and the interrupt's name is returned instead of None."""
     out = []
     per_batch = max(1, batch_size // n) if n > 1 else batch_size
     chunks = range(0, len(prompts), per_batch)
-    for i in tqdm(chunks, desc=desc, disable=not progress, leave=False):
-        batch, texts = engine.generate(prompts[i:i + per_batch], n, params, seed=seed + i)
-        lengths = batch.response_lengths.tolist()
-        for j in range(0, len(texts), n):
-            out.append(list(zip(texts[j:j + n], lengths[j:j + n])))
-    return out
+    try:
+        for i in tqdm(chunks, desc=desc, disable=not progress, leave=False):
+            batch, texts = engine.generate(prompts[i:i + per_batch], n, params, seed=seed + i)
+            lengths = batch.response_lengths.tolist()
+            for j in range(0, len(texts), n):
+                out.append(list(zip(texts[j:j + n], lengths[j:j + n])))
+    except KeyboardInterrupt as stop:  # keep what is done; the caller reports and exits
+        if not keep_partial:
+            raise
+        return out, getattr(stop, "signal_name", "SIGINT")
+    return out, None
 
 
 def evaluate(model, tokenizer, problems: list[Problem], *, n_samples: int = 1,
              temperature: float = 1.0, max_new_tokens: int = 64, batch_size: int = 32,
              instruction: str = DEFAULT_INSTRUCTION, system_prompt: str | None = None,
-             seed: int = 0, progress: bool = True, engine=None) -> tuple[dict, list[dict]]:
+             seed: int = 0, progress: bool = True, engine=None,
+             keep_partial: bool = False) -> tuple[dict, list[dict]]:
     """Greedy accuracy, and with n_samples > 1 avg@n, pass@k (k = 1, 2, 4, .. <= n) and maj@n.
 
     Returns (summary, records): one record per response (greedy and sampled), ready for JSONL.
+    With `keep_partial`, an interrupt stops it early instead of propagating: the summary covers
+    the problems answered so far and says
+    `"interrupted": <signal name>` (sampled metrics only when sampling finished).
     """
     if not problems:
         raise ValueError("nothing to evaluate: the problem list is empty")
@@ -83,8 +94,11 @@ def evaluate(model, tokenizer, problems: list[Problem], *, n_samples: int = 1,
     prompts = [format_prompt(p, tokenizer, instruction, system_prompt) for p in problems]
     records: list[dict] = []
 
-    greedy = _generate_all(engine, prompts, 1, SamplingParams(max_new_tokens, temperature=0.0),
-                           batch_size, seed, "eval greedy", progress)
+    greedy, stopped = _generate_all(engine, prompts, 1,
+                                    SamplingParams(max_new_tokens, temperature=0.0), batch_size,
+                                    seed, "eval greedy", progress, keep_partial)
+    if stopped and not greedy:
+        return {"num_problems": 0, "interrupted": stopped}, []
     strict_ok = lenient_ok = 0
     greedy_lengths = []
     for problem, prompt, [(text, length)] in zip(problems, prompts, greedy):
@@ -93,16 +107,18 @@ def evaluate(model, tokenizer, problems: list[Problem], *, n_samples: int = 1,
         lenient_ok += ok_lenient
         greedy_lengths.append(length)
         records.append(_record(problem, prompt, text, length, "greedy", 0, ok_strict, ok_lenient))
-    N = len(problems)
+    N = len(greedy)
     summary = {"num_problems": N, "greedy_strict": strict_ok / N, "greedy_lenient": lenient_ok / N,
                "greedy_mean_length": sum(greedy_lengths) / N,
                "boxed_rate": sum(extract_answer(r["response"], STRICT_EXTRACT)[0] is not None
                                  for r in records) / N}
 
-    if n_samples > 1:
+    if stopped:
+        summary["interrupted"] = stopped
+    if n_samples > 1 and not stopped:
         params = SamplingParams(max_new_tokens, temperature=temperature)
-        sampled = _generate_all(engine, prompts, n_samples, params, batch_size, seed + 1,
-                                f"eval {n_samples} samples", progress)
+        sampled, stopped = _generate_all(engine, prompts, n_samples, params, batch_size, seed + 1,
+                                         f"eval {n_samples} samples", progress, keep_partial)
         ks = [k for k in (1, 2, 4, 8, 16, 32, 64, 128, 256) if k <= n_samples]
         pass_sums = {k: 0.0 for k in ks}
         avg_strict = avg_lenient = maj_ok = total_len = 0.0
@@ -119,6 +135,9 @@ def evaluate(model, tokenizer, problems: list[Problem], *, n_samples: int = 1,
             for k in ks:
                 pass_sums[k] += pass_at_k(n_samples, c, k)
             maj_ok += _majority_correct(group, problem, judge)
+        if stopped:  # the greedy metrics are whole; sampled rows are kept, their metrics not
+            summary["interrupted"] = stopped
+            return summary, records
         M = N * n_samples
         summary.update({f"avg@{n_samples}_strict": avg_strict / M,
                         f"avg@{n_samples}_lenient": avg_lenient / M,
