@@ -6,6 +6,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -206,3 +207,24 @@ def test_sigterm_during_eval_keeps_the_rows_already_written(tmp_path):
     assert len(rows) == 2  # the two prompts answered before the signal
     summary = json.loads((tmp_path / "eval_summary.json").read_text())
     assert summary["num_problems"] == 2 and summary["interrupted"] == "SIGTERM"
+
+
+@pytest.mark.slow
+def test_real_model_sigterm_saves_and_resumes(tmp_path):
+    """The built-in SmolLM2: SIGTERM after step 1 of 2 saves step 1 (with its 1.1 GB optimizer
+    state) and exits 143; the resumed run finishes step 2."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")]),
+           "PIVOTAL_TEST_SIGNAL": "SIGTERM", "PIVOTAL_TEST_SIGNAL_AFTER_STEP": "1"}
+    overrides = [f"train.output_dir={tmp_path}", "train.steps=2", "train.eval_before_after=false",
+                 "rollout.prompts_per_step=2", "rollout.group_size=4", "rollout.max_new_tokens=16",
+                 "task.options={levels: [{ops: ['+'], digits: 1}]}", "train.tensorboard=false"]
+    done = subprocess.run([sys.executable, "-m", "pivotal", "train", "--quiet", *overrides,
+                           "train.plugins=[interrupt_helpers]"], env=env, capture_output=True,
+                          text=True, timeout=900)
+    assert done.returncode == 143, done.stderr[-2000:]
+    assert ckpt.latest_checkpoint(tmp_path / "checkpoints").name == "step_000001"
+    cost = re.search(r"checkpoint \S+step_000001: ([\d.]+) GB in ([\d.]+) s", done.stderr)
+    assert cost and float(cost.group(1)) > 1.0, done.stderr[-2000:]  # the save's cost is reported
+    resumed = Trainer(load_config(tmp_path / "config.yaml"), progress=False)
+    resumed.train(resume=True)
+    assert resumed.step == 2 and len(read_metrics(tmp_path / "metrics.jsonl")) == 2
