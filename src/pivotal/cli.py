@@ -25,7 +25,7 @@ from .analysis import cli_analyze, cli_cross_sample, cli_report
 from .analysis.cli_cross_sample import add_extrapolation_args, extrapolation_engine_from_args
 from .config import ConfigError, describe_keys, load_config
 from .errors import PivotalError
-from .interrupts import RunInterrupted, exit_status
+from .interrupts import RunInterrupted, exit_status, in_main_thread
 from .registry import UnknownNameError
 
 
@@ -180,7 +180,7 @@ def main(argv: list[str] | None = None) -> int:
         logging.getLogger(noisy).setLevel(logging.WARNING)
     args = build_parser().parse_args(argv)
     # outside training (which saves first) SIGTERM ends a command like Ctrl-C: one line, no traceback
-    previous = signal.signal(signal.SIGTERM, _terminate) if _main_thread() else None
+    previous = signal.signal(signal.SIGTERM, _terminate) if in_main_thread() else None
     try:
         return args.fn(args)
     except _Terminated:
@@ -213,11 +213,6 @@ class _Terminated(KeyboardInterrupt):
 
 def _terminate(signum, frame):
     raise _Terminated()
-
-
-def _main_thread() -> bool:
-    import threading
-    return threading.current_thread() is threading.main_thread()
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ import contextlib
 import os
 import signal
 import sys
+import threading
 from collections.abc import Iterator
 
 
@@ -25,6 +26,11 @@ class RunInterrupted(Exception):
     def __init__(self, signum: int):
         super().__init__(f"interrupted by {signal.Signals(signum).name}")
         self.signum = signum
+
+
+def in_main_thread() -> bool:
+    """Signal handlers can only be installed from the main thread."""
+    return threading.current_thread() is threading.main_thread()
 
 
 def exit_status(signum: int) -> int:
@@ -67,8 +73,7 @@ class GracefulInterrupts:
     @contextlib.contextmanager
     def installed(self) -> Iterator[GracefulInterrupts]:
         """Install the handlers for the duration (main thread only; elsewhere a no-op)."""
-        import threading
-        if threading.current_thread() is not threading.main_thread():
+        if not in_main_thread():
             yield self
             return
         for s in self.signals:

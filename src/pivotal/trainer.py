@@ -45,7 +45,7 @@ from .safety import CheckpointClock, StepChecks, check_finite_weights
 from .shift_monitor import build_shift_monitor
 from .step_inputs import StepInputs
 from .tasks import build_task, format_prompt
-from .update import PolicyUpdate, seed_for
+from .update import PolicyUpdate, seed_for, trainable_parameters
 from .validation import reference_users, validate_config
 
 log = logging.getLogger("pivotal.trainer")
@@ -87,8 +87,8 @@ class Trainer:
         self.engine = build_engine(self.model, self.tokenizer, cfg.rollout, cfg.train.seed)
         self.engine_stale = False  # the policy changed since the engine last took its weights
         self.auxiliary = build_auxiliary_losses(cfg, self.model)
-        params = list(self.model.parameters()) + [p for a in self.auxiliary for p in a.parameters()]
-        self.optimizer = torch.optim.AdamW(params, lr=cfg.optim.lr, betas=tuple(cfg.optim.betas),
+        self.optimizer = torch.optim.AdamW(trainable_parameters(self.model, self.auxiliary),
+                                           lr=cfg.optim.lr, betas=tuple(cfg.optim.betas),
                                            weight_decay=cfg.optim.weight_decay)
         warmup = cfg.optim.warmup_steps
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(

@@ -56,6 +56,11 @@ class Mismatch:
                 "sampler_logprob_diff_max": self.largest}
 
 
+def trainable_parameters(model, auxiliary: list) -> list[torch.nn.Parameter]:
+    """What the optimizer steps: the policy's parameters, then the auxiliary losses'."""
+    return list(model.parameters()) + [p for aux in auxiliary for p in aux.parameters()]
+
+
 class PolicyUpdate:
     """Runs the optimizer steps of one training step over a prepared rollout batch.
 
@@ -72,10 +77,7 @@ class PolicyUpdate:
         self.credit_statistics = getattr(self.credit, "minibatch_statistics", None)
         self.want_states = any(aux.needs_hidden_states for aux in auxiliary)
         self.device = next(model.parameters()).device
-
-    def parameters(self) -> list[torch.nn.Parameter]:
-        """What the optimizer steps: the policy's parameters and the auxiliary losses'."""
-        return list(self.model.parameters()) + [p for aux in self.auxiliary for p in aux.parameters()]
+        self.params = trainable_parameters(model, auxiliary)
 
     def __call__(self, batch: RolloutBatch, step: int) -> dict:
         """Every optimizer step of training step `step` over `batch`. Returns the metrics averaged
@@ -131,7 +133,7 @@ class PolicyUpdate:
         """Clip (when optim.max_grad_norm > 0), step, zero the gradients. A non-finite loss
         (`cause`) or gradient norm refuses the step: the gradients are dropped and nothing moves.
         Returns the grad norm and the cause of a refusal (None when the step was taken)."""
-        params = self.parameters()
+        params = self.params
         if self.cfg.optim.max_grad_norm > 0:
             norm = float(torch.nn.utils.clip_grad_norm_(params, self.cfg.optim.max_grad_norm))
         else:

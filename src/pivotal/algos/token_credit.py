@@ -238,10 +238,12 @@ def _clean_divergence(batch: RolloutBatch) -> Tensor:
 def divergence_statistics(batch: RolloutBatch, **options) -> dict[str, Tensor]:
     """The divergence credit's mini-batch statistics: sum, count and max of D over valid tokens."""
     with torch.no_grad():
-        D = _clean_divergence(batch)
-        valid = batch.response_mask.bool()
-        return {"divergence_sum": D[valid].sum(), "tokens_sum": valid.sum().to(D.dtype),
-                "divergence_max": D[valid].max() if valid.any() else D.new_zeros(())}
+        return _statistics(_clean_divergence(batch), batch.response_mask.bool())
+
+
+def _statistics(D: Tensor, valid: Tensor) -> dict[str, Tensor]:
+    return {"divergence_sum": D[valid].sum(), "tokens_sum": valid.sum().to(D.dtype),
+            "divergence_max": D[valid].max() if valid.any() else D.new_zeros(())}
 
 
 @register_credit("divergence")
@@ -287,7 +289,7 @@ def divergence_credit(batch: RolloutBatch, logprobs: Tensor | None, *, alpha: fl
     with torch.no_grad():
         D = _clean_divergence(batch)
         valid = _valid(batch)
-        stats = divergence_statistics(batch) if stats is None else stats
+        stats = _statistics(D, valid) if stats is None else stats
         if normaliser == "none" or not float(stats["tokens_sum"]) > 0:
             scale = 1.0
         else:

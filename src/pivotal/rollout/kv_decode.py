@@ -87,6 +87,7 @@ def kv_decode(models: list, prompt_ids: Tensor, prompt_mask: Tensor, num_samples
     fired: list[list[bool]] = [[] for _ in range(B)]
     changed: list[list[bool]] = [[] for _ in range(B)]
     alive = torch.arange(B, device=device)  # original row index of each live row
+    reports_flags = False
     for step in range(params.max_new_tokens):
         choice = rule(logits, params, generator)
         chosen = choice.tokens
@@ -95,6 +96,7 @@ def kv_decode(models: list, prompt_ids: Tensor, prompt_mask: Tensor, num_samples
             tokens[row].append(tok)
             logps[row].append(lp)
         if choice.fired is not None:
+            reports_flags = True
             for row, f, c in zip(rows, choice.fired.tolist(), choice.changed.tolist()):
                 fired[row].append(bool(f))
                 changed[row].append(bool(c))
@@ -115,6 +117,6 @@ def kv_decode(models: list, prompt_ids: Tensor, prompt_mask: Tensor, num_samples
         caches = [returned_cache(out) for out in outs]
         logits = [out.logits[:, -1, :] for out in outs]
         next_pos = next_pos + 1
-    if not any(fired):
+    if not reports_flags:
         fired, changed = [], []
     return tokens, logps, fired, changed
