@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import signal
 import sys
 from pathlib import Path
@@ -24,7 +25,7 @@ from pathlib import Path
 from .analysis import cli_analyze, cli_cross_sample, cli_report
 from .analysis.cli_cross_sample import add_extrapolation_args, extrapolation_engine_from_args
 from .config import ConfigError, describe_keys, load_config
-from .errors import PivotalError
+from .errors import PivotalError, RanksLost
 from .interrupts import RunInterrupted, exit_status, in_main_thread
 from .registry import UnknownNameError
 
@@ -42,9 +43,31 @@ def _split_args(items: list[str]) -> tuple[str | None, list[str]]:
     return path, overrides
 
 
+def _launch_ranks(nproc: int, argv: list[str]) -> None:
+    """Replace this process by torchrun with `nproc` ranks on this machine, each running
+    `pivotal train` with the same arguments (less --nproc). Signals then reach torchrun, which
+    passes them to every rank."""
+    if nproc < 1:
+        raise ConfigError(f"--nproc must be at least 1, got {nproc}")
+    rest, skip = [], False
+    for item in argv:
+        if skip:
+            skip = False
+        elif item == "--nproc":
+            skip = True
+        elif not item.startswith("--nproc="):
+            rest.append(item)
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+               f"--nproc-per-node={nproc}", "-m", "pivotal", *rest]
+    print("pivotal: launching " + " ".join(command[1:]), flush=True)
+    os.execv(sys.executable, command)
+
+
 def cmd_train(args) -> int:
     from .trainer import Trainer
 
+    if args.nproc is not None and args.nproc > 1 and "WORLD_SIZE" not in os.environ:
+        _launch_ranks(args.nproc, args.argv)
     path, overrides = _split_args(args.items)
     if args.output_dir:
         overrides.append(f"train.output_dir={args.output_dir}")
@@ -59,6 +82,12 @@ def cmd_train(args) -> int:
         trainer.train(resume=args.resume)
     except RunInterrupted as stop:  # saved, and the line saying where was printed
         return exit_status(stop.signum)
+    except (RuntimeError, OSError) as e:
+        if not trainer.runtime.active or isinstance(e, PivotalError):
+            raise
+        raise RanksLost(trainer.runtime.rank, trainer.step, cfg.train.output_dir, e) from e
+    finally:
+        trainer.close()
     return 0
 
 
@@ -143,6 +172,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
     t.add_argument("--output-dir", help="shorthand for train.output_dir=...")
     t.add_argument("--quiet", action="store_true", help="no progress bars")
+    t.add_argument("--nproc", type=int, help="train with N data-parallel ranks on this machine "
+                   "(launches torchrun --standalone --nproc-per-node N)")
     t.set_defaults(fn=cmd_train)
 
     e = sub.add_parser("eval", help="greedy / avg@n / pass@k / maj@n on held-out problems")
@@ -179,6 +210,7 @@ def main(argv: list[str] | None = None) -> int:
     for noisy in ("httpx", "urllib3", "filelock", "transformers"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     args = build_parser().parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
     # outside training (which saves first) SIGTERM ends a command like Ctrl-C: one line, no traceback
     previous = signal.signal(signal.SIGTERM, _terminate) if in_main_thread() else None
     try:
@@ -194,6 +226,9 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"pivotal: config error: {e}", file=sys.stderr)
         return 2
+    except RanksLost as e:  # another rank died or hung: no traceback, say what and where
+        print(f"pivotal: {e}", file=sys.stderr)
+        return 1
     except (PivotalError, UnknownNameError, FileNotFoundError, ValueError, ImportError) as e:
         # bad input (a file, a row, a name): the message says which; --debug shows the traceback
         if args.debug:

@@ -190,6 +190,21 @@ class TrainConfig:
 
 
 @dataclass
+class DistConfig:
+    strategy: str = _f("ddp", "Data parallelism across the ranks torchrun starts (ignored in one "
+                       "process): ddp (every rank holds the whole model; gradients all-reduced) "
+                       "or fsdp (FSDP2 fully_shard per decoder layer: parameters, gradients and "
+                       "optimizer state sharded).")
+    cpu_offload: bool = _f(False, "fsdp: keep the sharded parameters and optimizer state in CPU "
+                           "memory (FSDP2 CPUOffloadPolicy).")
+    mixed_precision: str = _f("none", "fsdp on GPUs: none | bfloat16 (FSDP2 MixedPrecisionPolicy: "
+                              "bf16 compute and all-gathers, fp32 gradient reduction).")
+    timeout_s: float = _f(600.0, "Collective timeout, seconds: a rank that dies or hangs makes the "
+                          "others stop with an error within this long (torch's default is 30 "
+                          "minutes).")
+
+
+@dataclass
 class EvalConfig:
     size: int = _f(100, "Held-out problems to evaluate (<= the task's eval set).")
     n_samples: int = _f(1, "Samples per problem for avg@n / pass@k / maj@n (1 = greedy only).")
@@ -208,6 +223,7 @@ class Config:
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    dist: DistConfig = field(default_factory=DistConfig)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

@@ -33,3 +33,17 @@ class CheckpointError(PivotalError, OSError):
 class NonFiniteError(PivotalError, FloatingPointError):
     """Training produced non-finite values too often (or weights to save are non-finite); the
     message names the first bad quantity and its step."""
+
+
+class RanksLost(PivotalError):
+    """A collective failed under data parallelism: another rank died, hung past dist.timeout_s,
+    or lost its network. The message says which rank saw it, at what step, and how to resume."""
+
+    def __init__(self, rank: int, step: int, output_dir: str, cause: BaseException):
+        self.rank, self.step = rank, step
+        first_line = str(cause).strip().splitlines()[0] if str(cause).strip() else type(cause).__name__
+        super().__init__(
+            f"rank {rank} lost the other ranks during step {step + 1} ({first_line[:300]}); the "
+            f"launcher's report names the rank that failed first (torchrun: 'Root Cause'). "
+            f"Resume from the last "
+            f"checkpoint with: pivotal train {output_dir}/config.yaml --resume")

@@ -147,6 +147,24 @@ def evaluate(model, tokenizer, problems: list[Problem], *, n_samples: int = 1,
     return summary, records
 
 
+def merge_eval_summaries(summaries: list[dict]) -> dict:
+    """Summaries of disjoint problem subsets (one per data-parallel rank) -> the summary of all of
+    them. Every metric is a mean over problems (or over an equal number of samples per problem),
+    so each is weighted by its part's `num_problems`; an interruption anywhere is reported."""
+    total = sum(s.get("num_problems", 0) for s in summaries)
+    merged: dict = {"num_problems": total}
+    for key in dict.fromkeys(k for s in summaries for k in s):
+        if key == "num_problems":
+            continue
+        parts = [s for s in summaries if key in s and s.get("num_problems")]
+        if key == "interrupted" or not parts:
+            merged[key] = next((s[key] for s in summaries if key in s), None)
+            continue
+        weight = sum(s["num_problems"] for s in parts)
+        merged[key] = sum(s[key] * s["num_problems"] for s in parts) / weight
+    return merged
+
+
 def _majority_correct(group, problem: Problem, judge: Judge) -> bool:
     """Is the most common extracted answer right? (ties: the first seen wins.)"""
     answers = []

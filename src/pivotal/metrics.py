@@ -87,6 +87,39 @@ def group_metrics(batch) -> dict:
             "zero_variance_groups": group_stats(batch.rewards, batch.group_ids)["zero_variance_frac"]}
 
 
+SUMMED_METRICS = ("tokens", "labels_queried", "labels_queried_total")
+
+
+def merge_rank_metrics(parts: list[tuple[dict, float]]) -> dict:
+    """One step's metrics of every data-parallel rank -> the step's metrics, as one process with
+    all ranks' rows would have logged them. `parts` holds (metrics, rows) per rank in rank order.
+
+    Counts (`SUMMED_METRICS`) add; `*_max` take the max and `*_min` the min; `time_*` take the
+    slowest rank (the step waits for it); other numbers are means weighted by the rank's rows;
+    anything else (a cause string) is the first rank's. Metrics the update already reduced over
+    ranks are the same on every rank, so any of these rules keeps them.
+    """
+    merged: dict = {}
+    total_rows = sum(rows for _, rows in parts) or 1.0
+    for key in dict.fromkeys(k for metrics, _ in parts for k in metrics):
+        present = [(m[key], rows) for m, rows in parts if key in m]
+        values = [v for v, _ in present]
+        if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
+            merged[key] = values[0]
+        elif key in SUMMED_METRICS:
+            merged[key] = sum(values)
+        elif key.endswith("_max") or key.startswith("time_"):
+            merged[key] = max(values)
+        elif key.endswith("_min"):
+            merged[key] = min(values)
+        else:
+            weight = sum(rows for _, rows in present) or total_rows
+            merged[key] = sum(v * rows for v, rows in present) / weight if weight else values[0]
+    if "tokens" in merged and merged.get("time_step"):
+        merged["tokens_per_s"] = merged["tokens"] / merged["time_step"]
+    return merged
+
+
 # ---------------------------------------------------------------------------- console lines
 
 def format_step(step: int, total: int, m: dict) -> str:

@@ -91,9 +91,11 @@ def builtin_model_dir(cache_dir: str | Path | None = None) -> Path:
     try:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
-        if target.exists():  # another process won the race
+        if (target / "model.safetensors").exists():  # another process won the race
             shutil.rmtree(tmp)
-        else:
+        else:  # nothing there, or an incomplete directory (no weights): replace it
+            if target.exists():
+                shutil.rmtree(target)
             os.replace(tmp, target)
     finally:
         if tmp.exists():

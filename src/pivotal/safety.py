@@ -68,6 +68,7 @@ def check_finite_weights(modules, step: int) -> None:
     """NonFiniteError if any parameter of `modules` holds a NaN or inf (never checkpoint those)."""
     for module in modules:
         for name, param in module.named_parameters():
-            if not torch.isfinite(param).all():
+            local = param.to_local() if hasattr(param, "to_local") else param  # an FSDP2 shard
+            if not torch.isfinite(local).all():
                 raise NonFiniteError(f"refusing to checkpoint step {step}: parameter '{name}' "
                                      f"is not finite")

@@ -7,6 +7,8 @@ this module gathers exactly that, with no branch on a method's name.
 
 from __future__ import annotations
 
+import inspect
+
 import torch
 
 from .algos import ADVANTAGES, CREDITS, credit_requirements, kl_reward_penalty, truncation_mask
@@ -18,14 +20,23 @@ from .logprobs import logprobs_no_grad, per_token_no_grad
 
 class StepInputs:
     """Fills a batch in place with the sampler's log-probs, reference log-probs, divergences,
-    recomputed pi_old, the KL reward penalty, advantages and token weights."""
+    recomputed pi_old, the KL reward penalty, advantages and token weights.
 
-    def __init__(self, cfg, model, ref_model, shift_monitor):
+    `model` is a whole (unsharded) copy of the current policy: under FSDP2 the rollout replica,
+    whose weights were refreshed before this step's rollout. With data parallelism, an advantage
+    estimator with batch-level statistics gets `runtime.sum` as its `all_ranks` keyword.
+    """
+
+    def __init__(self, cfg, model, ref_model, shift_monitor, runtime=None):
         self.cfg, self.model, self.ref_model, self.shift_monitor = cfg, model, ref_model, shift_monitor
         inputs = credit_requirements(CREDITS.get(cfg.algo.credit), cfg.algo.credit_options)
         self.divergence_kinds = sorted(n[len(DIVERGENCE_INPUT):] for n in inputs
                                        if n.startswith(DIVERGENCE_INPUT))
         self.advantage = ADVANTAGES.get(cfg.algo.advantage)
+        self.advantage_options = dict(cfg.algo.advantage_options)
+        if (runtime is not None and runtime.active
+                and "all_ranks" in inspect.signature(self.advantage).parameters):
+            self.advantage_options["all_ranks"] = runtime.sum
         self.device = next(model.parameters()).device
 
     def logprobs(self, model, batch: RolloutBatch) -> torch.Tensor:
@@ -52,7 +63,7 @@ class StepInputs:
             batch.rewards = batch.rewards - kl_reward_penalty(
                 batch.old_logprobs, batch.ref_logprobs, batch.response_mask, coef=cfg.algo.kl_beta)
         batch.advantages = self.advantage(batch.rewards, batch.group_ids, batch.response_mask,
-                                          **cfg.algo.advantage_options)
+                                          **self.advantage_options)
         if cfg.reward.mask_truncated:
             batch.token_weights = truncation_mask(batch.truncated, batch.response_mask)
         return metrics

@@ -6,10 +6,16 @@ the optimizer steps of `pivotal.update.PolicyUpdate`, whose loss is the one pure
 `pivotal.algos.objective`. Every method is a registry entry resolved at start-up; this file names
 none of them.
 
-Simplifications: one process, one device. The transformers engine shares the policy's weights (no
-copy, sync is free); the vLLM engine holds its own copy, refreshed in place before the next rollout
-after every update (`time_sync`). The sampler's own log-probs stay in `batch.sampler_logprobs` for
-the sampler/trainer gap metric and truncated importance sampling (`algo.tis_cap`).
+The transformers engine shares the policy's weights (no copy, sync is free); the vLLM engine holds
+its own copy, refreshed in place before the next rollout after every update (`time_sync`). The
+sampler's own log-probs stay in `batch.sampler_logprobs` for the sampler/trainer gap metric and
+truncated importance sampling (`algo.tis_cap`).
+
+Data parallelism (`torchrun`, `pivotal.distributed`): every rank samples and scores its share of
+each step's prompts (a rank-disjoint slice of the stream) with its own colocated engine; the update
+reduces every normaliser over ranks. Under FSDP2 the engine and the no-grad policy passes read a
+whole replica of the policy, refreshed from the shards one tensor at a time after every update.
+Rank 0 alone prints and writes; the ranks agree on every stop and save at step boundaries.
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ import torch
 from tqdm.auto import tqdm
 
 from . import checkpoint as ckpt
+from . import checkpoint_sharded as sharded
 from .algos import (
     dynamic_sampling_mask,
     overlong_penalty,
@@ -33,10 +40,30 @@ from .algos import (
 from .auxiliary import build_auxiliary_losses
 from .batch import RolloutBatch
 from .config import Config, resolve_config, save_config
-from .evaluate import evaluate
+from .distributed import (
+    TrainedModules,
+    check_same_config,
+    copy_full_parameters,
+    init_runtime,
+    is_sharded,
+    main_first,
+    rank_device,
+    shutdown,
+    unwrapped,
+    wrap_for_training,
+)
+from .errors import CheckpointError, NonFiniteError
+from .evaluate import evaluate, merge_eval_summaries
 from .interrupts import GracefulInterrupts, RunInterrupted
 from .labeling import build_active_labels
-from .metrics import MetricsLogger, format_before_after, format_eval, format_step, group_metrics
+from .metrics import (
+    MetricsLogger,
+    format_before_after,
+    format_eval,
+    format_step,
+    group_metrics,
+    merge_rank_metrics,
+)
 from .models import load_model, load_reference
 from .plots import plot_run
 from .rewards import build_scorer
@@ -45,7 +72,7 @@ from .safety import CheckpointClock, StepChecks, check_finite_weights
 from .shift_monitor import build_shift_monitor
 from .step_inputs import StepInputs
 from .tasks import build_task, format_prompt
-from .update import PolicyUpdate, seed_for, trainable_parameters
+from .update import PolicyUpdate, seed_for
 from .validation import reference_users, validate_config
 
 log = logging.getLogger("pivotal.trainer")
@@ -68,33 +95,52 @@ class Trainer:
         resolve_config(cfg)
         validate_config(cfg)  # a no-op for a config load_config already checked, unchanged since
         self.cfg, self.progress = cfg, progress
+        self.runtime = rt = init_runtime(cfg.model.device, cfg.dist.timeout_s)
+        check_same_config(rt, cfg.to_dict())
+        self.progress = progress and rt.is_main
         self.out_dir = Path(cfg.train.output_dir)
         self.ckpt_dir = self.out_dir / "checkpoints"
         torch.manual_seed(cfg.train.seed)
         self.task = build_task(cfg.task.name, **cfg.task.options)
         self.scorer = build_scorer(cfg.reward.components, cfg.reward.extract, cfg.reward.timeout_s)
         self.active_labels = build_active_labels(cfg.reward, self.scorer)
-        self.model, self.tokenizer = load_model(cfg.model.name, cfg.model.device, cfg.model.dtype,
-                                                cfg.model.cache_dir, seed=cfg.train.seed)
+        device = rank_device(cfg.model.device, rt)
+        with main_first(rt):  # rank 0 fills the model cache; the others then read it
+            self.model, self.tokenizer = load_model(cfg.model.name, device, cfg.model.dtype,
+                                                    cfg.model.cache_dir, seed=cfg.train.seed)
         self.device = next(self.model.parameters()).device
         if cfg.model.gradient_checkpointing:
             self.model.gradient_checkpointing_enable()
-        # a reference model is loaded only when something reads it (a KL term or the credit)
+        # a reference model is loaded only when something reads it (a KL term or the credit);
+        # every rank holds a whole replica of it
         self.ref_model = (load_reference(cfg.model.reference, self.model, self.tokenizer, cfg.model)
                           if reference_users(cfg) else None)
-        self.shift_monitor = build_shift_monitor(cfg.train, self.model, self.ref_model,
-                                                 cfg.model.reference == "initial" and not self._ratchets())
-        self.engine = build_engine(self.model, self.tokenizer, cfg.rollout, cfg.train.seed)
-        self.engine_stale = False  # the policy changed since the engine last took its weights
         self.auxiliary = build_auxiliary_losses(cfg, self.model)
-        self.optimizer = torch.optim.AdamW(trainable_parameters(self.model, self.auxiliary),
+        self.trained = wrap_for_training(TrainedModules(self.model, self.auxiliary), rt,
+                                         cfg.dist.strategy, cfg.dist.cpu_offload,
+                                         cfg.dist.mixed_precision)
+        # the whole policy the engine and the no-grad passes read: the policy itself, or under
+        # FSDP2 a replica (its weights are refreshed from the shards before every rollout)
+        self.whole_policy = self.model
+        if is_sharded(self.trained):
+            self.whole_policy = load_model(cfg.model.name, device, cfg.model.dtype,
+                                           cfg.model.cache_dir, seed=cfg.train.seed)[0]
+            self.whole_policy.eval().requires_grad_(False)
+            copy_full_parameters(self.model, self.whole_policy)
+        self.shift_monitor = build_shift_monitor(cfg.train, self.whole_policy, self.ref_model,
+                                                 cfg.model.reference == "initial" and not self._ratchets())
+        self.engine = build_engine(self.whole_policy, self.tokenizer, cfg.rollout,
+                                   seed_for(cfg.train.seed, rt.rank) if rt.active else cfg.train.seed)
+        self.engine_stale = False  # the policy changed since the engine last took its weights
+        self.optimizer = torch.optim.AdamW(list(self.trained.parameters()),
                                            lr=cfg.optim.lr, betas=tuple(cfg.optim.betas),
                                            weight_decay=cfg.optim.weight_decay)
         warmup = cfg.optim.warmup_steps
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda s: min(1.0, (s + 1) / warmup) if warmup else 1.0)
-        self.step_inputs = StepInputs(cfg, self.model, self.ref_model, self.shift_monitor)
-        self.update = PolicyUpdate(cfg, self.model, self.optimizer, self.scheduler, self.auxiliary)
+        self.step_inputs = StepInputs(cfg, self.whole_policy, self.ref_model, self.shift_monitor, rt)
+        self.update = PolicyUpdate(cfg, self.model, self.optimizer, self.scheduler, self.auxiliary,
+                                   trained=self.trained, runtime=rt)
         self.step = 0
         self.cursor = 0  # index of the next training problem
         self.labels_queried = 0  # true labels read for training (active labels)
@@ -102,27 +148,36 @@ class Trainer:
         self.eval_problems = self.task.eval_problems()[: cfg.eval.size]
         self._interrupts: GracefulInterrupts | None = None  # set while train() runs
 
+    def close(self) -> None:
+        """Leave the process group (data parallelism); nothing in one process."""
+        shutdown(self.runtime)
+
     # ------------------------------------------------------------------ rollout and scoring
     def sync_engine(self) -> float:
         """Give the rollout engine the current weights if they changed. Returns the seconds."""
         if not self.engine_stale:
             return 0.0
         t0 = time.perf_counter()
-        self.engine.sync_weights(self.model)
+        if self.whole_policy is not self.model:  # FSDP2: gather the shards into the replica
+            copy_full_parameters(self.model, self.whole_policy)
+        self.engine.sync_weights(self.whole_policy)
         self.engine_stale = False
         return time.perf_counter() - t0
 
     def _sample_round(self, round_index: int, group_offset: int, state: StepState) -> RolloutBatch:
-        cfg, r = self.cfg, self.cfg.rollout
+        cfg, r, rt = self.cfg, self.cfg.rollout, self.runtime
         state.seconds["sync"] += self.sync_engine()
-        problems = [self.task.train_problem(self.cursor + i) for i in range(r.prompts_per_step)]
-        self.cursor += len(problems)
+        share = r.prompts_per_step // rt.world  # this rank's slice of the step's prompts
+        first = self.cursor + rt.rank * share
+        problems = [self.task.train_problem(first + i) for i in range(share)]
+        self.cursor += r.prompts_per_step
         prompts = [format_prompt(p, self.tokenizer, cfg.task.instruction, cfg.task.system_prompt)
                    for p in problems]
         t0 = time.perf_counter()
         batch, texts = self.engine.generate(prompts, r.group_size,
                                             SamplingParams(r.max_new_tokens, r.temperature, r.top_p, r.top_k),
-                                            seed=seed_for(cfg.train.seed, self.step, round_index))
+                                            seed=seed_for(cfg.train.seed, self.step, round_index,
+                                                          *((rt.rank,) if rt.active else ())))
         t1 = time.perf_counter()
         expanded = [p for p in problems for _ in range(r.group_size)]
         scores = self.scorer.score(texts, expanded)
@@ -138,28 +193,31 @@ class Trainer:
             batch.rewards = batch.rewards + overlong_penalty(
                 batch.response_lengths, r.max_new_tokens, cfg.reward.overlong_buffer,
                 cfg.reward.overlong_factor)
-        batch.group_ids = batch.group_ids + group_offset
+        batch.group_ids = batch.group_ids + group_offset + rt.rank * share  # unique over ranks
         batch.extras = {"text": texts, "problem_id": [p.id for p in expanded]}
         state.seconds["generate"] += t1 - t0
         state.seconds["score"] += time.perf_counter() - t1
         return batch
 
     def rollout(self, state: StepState | None = None) -> tuple[RolloutBatch, dict]:
-        """Sample and score one step's batch (with DAPO dynamic sampling when enabled)."""
+        """Sample and score one step's batch (with DAPO dynamic sampling when enabled): this rank's
+        share of it. Under dynamic sampling each rank keeps its share of groups with signal, and
+        the ranks sample another round until every rank has its share (or rounds run out)."""
         state = state if state is not None else StepState()
-        want = self.cfg.rollout.prompts_per_step
+        per_step = self.cfg.rollout.prompts_per_step
+        want = per_step // self.runtime.world
         if not self.cfg.algo.dynamic_sampling:
             batch = self._sample_round(0, 0, state)
             return batch, {"sampling_rounds": 1, **group_metrics(batch), **state.label_metrics}
         kept, n_groups, first = [], 0, None
         for r in range(self.cfg.algo.max_sampling_rounds):
-            batch = self._sample_round(r, r * want, state)
+            batch = self._sample_round(r, r * per_step, state)
             first = first or group_metrics(batch)
             keep = dynamic_sampling_mask(batch.rewards, batch.group_ids)
             if keep.any():
                 kept.append(batch.select(keep.nonzero().squeeze(-1)))
                 n_groups += len(torch.unique(kept[-1].group_ids))
-            if n_groups >= want:
+            if self.runtime.min_int(n_groups) >= want:
                 break
         metrics = {"sampling_rounds": r + 1, **first, **state.label_metrics}
         if not kept:  # every group agreed in every round: nothing to learn from this step
@@ -174,21 +232,31 @@ class Trainer:
         return self.step_inputs(batch)
 
     def train_step(self) -> dict:
+        """One step; its metrics over every rank's rows."""
+        metrics, rows = self._train_step()
+        if not self.runtime.active:
+            return metrics
+        return merge_rank_metrics(self.runtime.gather_objects((metrics, rows)))
+
+    def _train_step(self) -> tuple[dict, int]:
         state = StepState()
+        rt = self.runtime
         self.model.eval()
         t_start = time.perf_counter()
         with self._abandonable():  # nothing has changed yet that the last step's state lacks
             batch, metrics = self.rollout(state)
-        if batch.size == 0:
-            log.warning("step %d: every group's rewards agree; no update", self.step)
-            return {**metrics, "skipped": 1, **state.timing_metrics()}
+        if not rt.all_true(batch.size > 0):  # on any rank: no update anywhere
+            log.warning("step %d: every group's rewards agree%s; no update", self.step,
+                        " on some rank" if rt.active else "")
+            return {**metrics, "skipped": 1, **state.timing_metrics()}, batch.size
         t_train = time.perf_counter()
         metrics.update(self.prepare(batch))
         self.last_batch = batch  # kept for inspection and the benchmarks
-        if not (torch.isfinite(batch.rewards).all() and torch.isfinite(batch.advantages).all()):
+        if not rt.all_true(bool(torch.isfinite(batch.rewards).all()
+                                and torch.isfinite(batch.advantages).all())):
             log.warning("step %d: non-finite rewards or advantages; no update", self.step)
             return {**metrics, "skipped": 1, "nonfinite": "reward", "optimizer_steps": 0,
-                    **state.timing_metrics()}
+                    **state.timing_metrics()}, batch.size
         metrics.update(self.update(batch, self.step))
         if not metrics["optimizer_steps"]:
             metrics["skipped"] = 1
@@ -199,30 +267,37 @@ class Trainer:
         metrics.update({"lr": self.scheduler.get_last_lr()[0], "tokens": n_tokens,
                         "tokens_per_s": n_tokens / max(total, 1e-9), "time_step": total,
                         **state.timing_metrics()})
-        return metrics
+        return metrics, batch.size
 
     def ratchet_reference(self) -> int:
         """Make the frozen reference the current policy (OWPO's ratchet), copying weights in place
         (no second model, nothing leaks across ratchets). Returns 1 if done, 0 without one."""
         if self.ref_model is None:
             return 0
-        with torch.no_grad():
-            for ref_param, param in zip(self.ref_model.parameters(), self.model.parameters()):
-                ref_param.copy_(param)
+        copy_full_parameters(self.model, self.ref_model)
         return 1
 
     def evaluate(self, tag: str) -> dict:
-        e = self.cfg.eval
+        """Greedy held-out accuracy; with data parallelism each rank answers every world-th
+        problem and rank 0 writes all records (in rank order)."""
+        e, rt = self.cfg.eval, self.runtime
         self.sync_engine()
+        mine = self.eval_problems[rt.rank::rt.world]
         summary, records = evaluate(
-            self.model, self.tokenizer, self.eval_problems, n_samples=1,
+            self.whole_policy, self.tokenizer, mine, n_samples=1,
             max_new_tokens=e.max_new_tokens, batch_size=e.batch_size,
             instruction=self.cfg.task.instruction, system_prompt=self.cfg.task.system_prompt,
-            seed=self.cfg.train.seed, progress=self.progress, engine=self.engine)
-        self.out_dir.mkdir(parents=True, exist_ok=True)
-        with open(self.out_dir / f"eval_{tag}.jsonl", "w") as f:
-            for r in records:
-                f.write(json.dumps(r) + "\n")
+            seed=self.cfg.train.seed, progress=self.progress,
+            engine=self.engine) if mine else ({"num_problems": 0}, [])
+        if rt.active:
+            parts = rt.gather_objects((summary, records))
+            summary = merge_eval_summaries([part[0] for part in parts])
+            records = [r for _, rank_records in parts for r in rank_records]
+        if rt.is_main:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+            with open(self.out_dir / f"eval_{tag}.jsonl", "w") as f:
+                for r in records:
+                    f.write(json.dumps(r) + "\n")
         return summary
 
     # ------------------------------------------------------------------ checkpoints
@@ -230,33 +305,63 @@ class Trainer:
         return bool(self.cfg.algo.reference_ratchet_every or self.cfg.algo.reference_ratchet_on_eval)
 
     def save(self) -> Path:
-        """Checkpoint the current step atomically (never from non-finite weights)."""
-        check_finite_weights([self.model, *self.auxiliary], self.step)
-        state = {"step": self.step, "cursor": self.cursor, "optimizer": self.optimizer.state_dict(),
-                 "scheduler": self.scheduler.state_dict(), "rng": ckpt.rng_state(),
+        """Checkpoint the current step atomically (never from non-finite weights): one directory
+        a plain `from_pretrained` loads in one process, DCP shards from every rank with several."""
+        rt = self.runtime
+        if not rt.active:
+            check_finite_weights([self.model, *self.auxiliary], self.step)
+        else:  # every rank checks its shards; all refuse if one finds a non-finite value
+            try:
+                check_finite_weights([self.model, *self.auxiliary], self.step)
+                problem = None
+            except NonFiniteError as e:
+                problem = f"rank {rt.rank}: {e}"
+            problems = [p for p in rt.gather_objects(problem) if p]
+            if problems:
+                raise NonFiniteError(problems[0])
+        state = {"step": self.step, "cursor": self.cursor, "scheduler": self.scheduler.state_dict(),
                  "history": self.history, "config": self.cfg.to_dict(),
                  "labels_queried": self.labels_queried}
-        for aux in self.auxiliary:
-            state[aux.checkpoint_key] = aux.checkpoint_state()
         if self.ref_model is not None and self._ratchets():  # the reference moved: keep it
             state["reference"] = {k: v.detach().cpu() for k, v in self.ref_model.state_dict().items()}
+        if rt.active:  # the auxiliary heads are in the DCP shards with the policy
+            return sharded.save_sharded(self.ckpt_dir, self.step, unwrapped(self.trained),
+                                        self.optimizer, state, {"rng": ckpt.rng_state()},
+                                        self.tokenizer, rt, keep=self.cfg.train.keep_checkpoints)
+        state.update({"optimizer": self.optimizer.state_dict(), "rng": ckpt.rng_state()})
+        for aux in self.auxiliary:
+            state[aux.checkpoint_key] = aux.checkpoint_state()
         return ckpt.save_checkpoint(self.ckpt_dir, self.step, self.model, self.tokenizer, state,
                                     keep=self.cfg.train.keep_checkpoints)
 
     def resume(self) -> bool:
-        """Load the newest complete checkpoint, if any. Returns whether one was found."""
+        """Load the newest complete checkpoint, if any. Returns whether one was found. A sharded
+        checkpoint loads at any world size (DCP reshards); a rank the checkpoint has no state for
+        starts a new sampling stream."""
         path = ckpt.latest_checkpoint(self.ckpt_dir)
         if path is None:
             return False
-        state = ckpt.load_trainer_state(path)
-        ckpt.load_model_weights(path, self.model, self.cfg.model.name)
+        rt = self.runtime
+        if sharded.is_sharded_checkpoint(path):
+            state, own = sharded.load_sharded(path, unwrapped(self.trained), self.optimizer, rt)
+            if own is not None:
+                ckpt.set_rng_state(own["rng"])
+            else:
+                log.warning("%s was written by fewer ranks: rank %d starts a new sampling stream",
+                            path, rt.rank)
+        else:
+            if is_sharded(self.trained):
+                raise CheckpointError(f"{path} is a single-process checkpoint; resume it in one "
+                                      f"process or with dist.strategy=ddp")
+            state = ckpt.load_trainer_state(path)
+            ckpt.load_model_weights(path, self.model, self.cfg.model.name)
+            for aux in self.auxiliary:
+                aux.load_checkpoint_state(state.get(aux.checkpoint_key), path)
+            self.optimizer.load_state_dict(state["optimizer"])
+            ckpt.set_rng_state(state["rng"])
         if "reference" in state and self.ref_model is not None:
             self.ref_model.load_state_dict(state["reference"])
-        for aux in self.auxiliary:
-            aux.load_checkpoint_state(state.get(aux.checkpoint_key), path)
-        self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
-        ckpt.set_rng_state(state["rng"])
         self.step, self.cursor = state["step"], state["cursor"]
         self.history = state.get("history", {})
         self.labels_queried = state.get("labels_queried", 0)
@@ -279,7 +384,18 @@ class Trainer:
             metrics["reference_ratchet"] = self.ratchet_reference()
 
     def _abandonable(self):
-        return self._interrupts.abandonable() if self._interrupts else contextlib.nullcontext()
+        """Where an interrupt may abandon work at once. With several ranks, nowhere: a rank that
+        left a rollout early would break the pairing of collectives; they stop at the next step
+        boundary, where they agree (`_stop_signal`)."""
+        if self._interrupts is None or self.runtime.active:
+            return contextlib.nullcontext()
+        return self._interrupts.abandonable()
+
+    def _stop_signal(self, interrupts: GracefulInterrupts) -> int | None:
+        """The signal that stops the run, as every rank agrees (the highest any rank received)."""
+        if not self.runtime.active:
+            return interrupts.requested
+        return self.runtime.max_int(interrupts.requested or 0) or None
 
     def _timed_save(self, metrics: dict | None = None) -> Path:
         """Save, and report the checkpoint's cost (seconds, GB) in `metrics` and in one line."""
@@ -288,7 +404,8 @@ class Trainer:
         seconds, gb = time.perf_counter() - t0, ckpt.directory_bytes(path) / 1e9
         if metrics is not None:
             metrics.update({"checkpoint_seconds": seconds, "checkpoint_gb": gb})
-        log.info("checkpoint %s: %.2f GB in %.1f s", path, gb, seconds)
+        if self.runtime.is_main:
+            log.info("checkpoint %s: %.2f GB in %.1f s", path, gb, seconds)
         self._saved_step = self.step
         self._clock.saved()
         return path
@@ -296,19 +413,22 @@ class Trainer:
     def train(self, resume: bool = False) -> dict:
         """Train to `train.steps`. On SIGINT / SIGTERM (`pivotal.interrupts`) it saves the last
         completed step and raises RunInterrupted, whose `signum` gives the exit status."""
-        cfg = self.cfg
+        cfg, rt = self.cfg, self.runtime
         resumed = self.resume() if resume else False
-        self.out_dir.mkdir(parents=True, exist_ok=True)
-        save_config(cfg, self.out_dir / "config.yaml")
-        logger = MetricsLogger(self.out_dir, cfg.train.tensorboard, cfg.train.wandb,
-                               resume_step=self.step if resumed else None, run_config=cfg.to_dict())
-        say = tqdm.write if self.progress else log.info
+        if rt.is_main:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+            save_config(cfg, self.out_dir / "config.yaml")
+        logger = (MetricsLogger(self.out_dir, cfg.train.tensorboard, cfg.train.wandb,
+                                resume_step=self.step if resumed else None, run_config=cfg.to_dict())
+                  if rt.is_main else None)
+        say = (tqdm.write if self.progress else log.info) if rt.is_main else (lambda *_: None)
         interrupts = GracefulInterrupts(tuple(cfg.train.interrupt_signals))
         checks = StepChecks(cfg.train.max_bad_steps, cfg.train.warn_zero_variance_steps, say)
         self._clock = CheckpointClock(cfg.train.save_every, cfg.train.save_every_minutes)
         self._saved_step = self.step if resumed else None
         bar = tqdm(total=cfg.train.steps, initial=self.step, desc="train", unit="step",
                    disable=not self.progress)
+        stop = None
         with interrupts.installed():
             self._interrupts = interrupts
             try:
@@ -316,43 +436,52 @@ class Trainer:
                     with self._abandonable():
                         self.history["before"] = self.evaluate("before")
                     say(format_eval("before", self.history["before"]))
-                while self.step < cfg.train.steps and interrupts.requested is None:
+                while self.step < cfg.train.steps and (stop := self._stop_signal(interrupts)) is None:
                     point = (self.cursor, self.labels_queried, ckpt.rng_state())
                     try:
                         metrics = self.train_step()
                     except RunInterrupted:  # mid-rollout: back to the end of the last step
                         self.cursor, self.labels_queried = point[0], point[1]
                         ckpt.set_rng_state(point[2])
+                        stop = interrupts.requested
                         break
                     self.step += 1
                     self._after_step(metrics)
                     checks.after_step(self.step, metrics)
-                    if self._clock.due(self.step) or interrupts.requested is not None:
+                    stop = self._stop_signal(interrupts)
+                    if rt.max_int(int(self._clock.due(self.step))) or stop is not None:
                         self._timed_save(metrics)
-                    logger.log(self.step, metrics)
+                    if logger is not None:
+                        logger.log(self.step, metrics)
                     say(format_step(self.step, cfg.train.steps, metrics))
                     bar.update(1)
-                if interrupts.requested is None and cfg.train.eval_before_after \
-                        and "after" not in self.history:
+                if stop is None and cfg.train.eval_before_after and "after" not in self.history:
                     with self._abandonable():
                         self.history["after"] = self.evaluate("after")
                     say(format_eval("after", self.history["after"]))
             except RunInterrupted:
-                pass  # an evaluation was abandoned: what is left is the save below
+                stop = interrupts.requested  # an evaluation was abandoned: the save below is left
             finally:
                 bar.close()
-                logger.close()
+                if logger is not None:
+                    logger.close()
                 self._interrupts = None
             if self.step > 0 and self._saved_step != self.step:
                 self._timed_save()
-            if interrupts.requested is not None:
+            if stop is not None:
                 where = ckpt.latest_checkpoint(self.ckpt_dir)
                 say(f"pivotal: stopped after step {self.step}/{cfg.train.steps}; checkpoint "
                     f"{where or 'none (no step completed)'}; resume with: pivotal train "
                     f"{shlex.quote(str(self.out_dir / 'config.yaml'))} --resume")
-                raise RunInterrupted(interrupts.requested)
-        summary = {"steps": self.step, "final_checkpoint": str(ckpt.latest_checkpoint(self.ckpt_dir)),
-                   **self.history}
+                raise RunInterrupted(stop)
+        final = ckpt.latest_checkpoint(self.ckpt_dir)
+        summary = {"steps": self.step, "final_checkpoint": str(final), **self.history}
+        if rt.active:  # the final policy as one Hugging Face directory, beside its shards
+            if rt.is_main and final is not None:
+                say(f"consolidated export: {sharded.export_consolidated(final)}")
+            rt.barrier()
+        if not rt.is_main:
+            return summary
         (self.out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
         try:
             say(f"training curves: {plot_run(self.out_dir)}")
@@ -364,4 +493,3 @@ class Trainer:
             say(format_before_after(self.history["before"], self.history["after"],
                                     len(self.eval_problems)))
         return summary
-

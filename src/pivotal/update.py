@@ -24,6 +24,7 @@ from .algos import CREDITS
 from .algos.correction import logprob_mismatch
 from .algos.objective import ObjectiveConfig, Totals, loss_mask, policy_objective
 from .batch import RolloutBatch
+from .distributed import SINGLE, Runtime, TrainedModules, full_tensor, gradient_sync
 from .logprobs import logprobs_from_states, policy_logprobs, response_hidden_states, trim_padding
 
 
@@ -49,6 +50,14 @@ class Mismatch:
         self.tokens += n
         self.largest = max(self.largest, gap["sampler_logprob_diff_max"])
 
+    def reduced(self, rt: Runtime) -> Mismatch:
+        """The same over every rank's tokens."""
+        if not rt.active:
+            return self
+        parts = rt.gather_objects((self.total, self.tokens, self.largest))
+        return Mismatch(sum(p[0] for p in parts), sum(p[1] for p in parts),
+                        max(p[2] for p in parts))
+
     def metrics(self) -> dict[str, float]:
         if not self.tokens:
             return {}
@@ -66,23 +75,34 @@ class PolicyUpdate:
 
     The batch must carry advantages (and whatever the credit function requires); `auxiliary` are
     the run's `pivotal.auxiliary.AuxiliaryLoss` objects (their parameters are in `optimizer`).
+
+    Data parallelism: `trained` is the DDP / FSDP2 wrapper of `TrainedModules(model, auxiliary)`
+    (`pivotal.distributed.wrap_for_training`) and `runtime` this rank. Each rank holds its own rows
+    of every mini-batch; the loss is divided by the totals of the whole global mini-batch and
+    multiplied by the world size (DDP and FSDP2 average the gradients over ranks), so the gradient
+    is the single-process gradient of all ranks' rows, however they are split. Every rank runs the
+    same number of micro-batches (a rank with fewer repeats its last one with weight 0, so that
+    the collectives of the backward passes pair up), and gradients are reduced on the last one.
     """
 
-    def __init__(self, cfg, model, optimizer, scheduler, auxiliary: list):
+    def __init__(self, cfg, model, optimizer, scheduler, auxiliary: list, trained=None,
+                 runtime: Runtime = SINGLE):
         self.cfg, self.model, self.optimizer, self.scheduler = cfg, model, optimizer, scheduler
-        self.auxiliary = auxiliary
+        self.auxiliary, self.runtime = auxiliary, runtime
+        self.trained = trained if trained is not None else TrainedModules(model, auxiliary)
         self.objective = ObjectiveConfig.from_config(cfg)
         self.credit = CREDITS.get(cfg.algo.credit)
         self.credit_options = dict(cfg.algo.credit_options)
         self.credit_statistics = getattr(self.credit, "minibatch_statistics", None)
         self.want_states = any(aux.needs_hidden_states for aux in auxiliary)
         self.device = next(model.parameters()).device
-        self.params = trainable_parameters(model, auxiliary)
+        self.params = list(self.trained.parameters())
 
     def __call__(self, batch: RolloutBatch, step: int) -> dict:
         """Every optimizer step of training step `step` over `batch`. Returns the metrics averaged
-        over micro-batches by their response tokens, the mean grad norm and the mismatch."""
-        cfg = self.cfg
+        over micro-batches by their response tokens (over every rank's), the mean grad norm and
+        the mismatch."""
+        cfg, rt = self.cfg, self.runtime
         self.model.train()
         sums: dict[str, float] = {}
         weight_total = 0.0
@@ -92,27 +112,40 @@ class PolicyUpdate:
         for epoch in range(cfg.optim.epochs_per_rollout):
             gen = torch.Generator().manual_seed(seed_for(cfg.train.seed, step, epoch, 7))
             order = torch.randperm(batch.size, generator=gen)
-            for mini_idx in order.chunk(cfg.optim.mini_batches):
+            # with several ranks, exactly mini_batches parts everywhere (chunk can give fewer,
+            # and a rank whose rows run out must still join every optimizer step)
+            parts = (order.tensor_split(cfg.optim.mini_batches) if rt.active
+                     else order.chunk(cfg.optim.mini_batches))
+            for mini_idx in parts:
                 mini = batch.select(mini_idx)
-                totals = Totals(tokens=max(loss_mask(mini.response_mask, mini.token_weights)
-                                           .sum().item(), 1.0),
-                                seqs=mini.size, max_len=cfg.rollout.max_new_tokens)
-                credit_stats = (self.credit_statistics(mini, **self.credit_options)
+                tokens, seqs = rt.sum_floats(
+                    loss_mask(mini.response_mask, mini.token_weights).sum().item(), mini.size)
+                totals = Totals(tokens=max(tokens, 1.0), seqs=int(seqs),
+                                max_len=cfg.rollout.max_new_tokens)
+                credit_stats = (rt.reduce_statistics(self.credit_statistics(mini, **self.credit_options))
                                 if self.credit_statistics is not None else None)
                 by_length = torch.argsort(mini.response_lengths, stable=True)
                 micros = [trim_padding(mini.select(idx)).to(self.device)
                           for idx in by_length.split(cfg.optim.micro_batch_size)]
-                aux_stats = [aux.minibatch_statistics(self.model, micros, on_policy)
+                aux_stats = [rt.reduce_statistics(aux.minibatch_statistics(self.model, micros, on_policy))
                              for aux in self.auxiliary]
+                n_real, n_micro = len(micros), rt.max_int(len(micros))
+                if not micros:  # this rank has no rows here: one row of the batch, weight 0
+                    micros = [trim_padding(batch.select(order[:1])).to(self.device)]
                 finite_loss = True
-                for micro in micros:
-                    m, finite = self._micro_step(micro, on_policy, totals, credit_stats,
-                                                 aux_stats, mismatch)
+                for i in range(n_micro):
+                    micro = micros[min(i, len(micros) - 1)]
+                    with gradient_sync(self.trained, i == n_micro - 1):
+                        m, finite = self._micro_step(micro, on_policy, totals, credit_stats,
+                                                     aux_stats, mismatch, padding=i >= n_real)
+                    if i >= n_real:
+                        continue
                     finite_loss &= finite
                     w = micro.response_mask.sum().item()
                     weight_total += w
                     for k, v in m.items():
                         sums[k] = sums.get(k, 0.0) + v * w
+                finite_loss = rt.all_true(finite_loss)
                 norm, cause = self._optimizer_step(None if finite_loss else "loss")
                 if cause is None:
                     grad_norms.append(norm)
@@ -120,13 +153,14 @@ class PolicyUpdate:
                 else:
                     skipped.append(cause)
         self.model.eval()
+        sums, weight_total = _sum_weighted(rt, sums, weight_total)
         out = {k: v / max(weight_total, 1e-9) for k, v in sums.items()}
         out["grad_norm"] = sum(grad_norms) / len(grad_norms) if grad_norms else math.nan
         out["optimizer_steps"] = len(grad_norms)
         if skipped:  # refused steps: the weights, the optimizer and the schedule did not move
             out["skipped_optimizer_steps"] = len(skipped)
             out["nonfinite"] = skipped[0]
-        out.update(mismatch.metrics())
+        out.update(mismatch.reduced(rt).metrics())
         return out
 
     def _optimizer_step(self, cause: str | None) -> tuple[float, str | None]:
@@ -134,8 +168,12 @@ class PolicyUpdate:
         (`cause`) or gradient norm refuses the step: the gradients are dropped and nothing moves.
         Returns the grad norm and the cause of a refusal (None when the step was taken)."""
         params = self.params
-        if self.cfg.optim.max_grad_norm > 0:
-            norm = float(torch.nn.utils.clip_grad_norm_(params, self.cfg.optim.max_grad_norm))
+        if self.cfg.optim.max_grad_norm > 0:  # FSDP2: a norm over every rank's shards
+            norm = float(full_tensor(torch.nn.utils.clip_grad_norm_(params,
+                                                                    self.cfg.optim.max_grad_norm)))
+        elif self.runtime.active:
+            norm = float(full_tensor(torch.nn.utils.get_total_norm(
+                [p.grad for p in params if p.grad is not None])))
         else:
             norm = float(torch.linalg.vector_norm(torch.stack(
                 [p.grad.norm() for p in params if p.grad is not None])))
@@ -148,34 +186,54 @@ class PolicyUpdate:
 
     def _micro_step(self, micro: RolloutBatch, on_policy: bool, totals: Totals,
                     credit_stats: dict | None, aux_stats: list[dict],
-                    mismatch: Mismatch) -> tuple[dict, bool]:
+                    mismatch: Mismatch, padding: bool = False) -> tuple[dict, bool]:
         """Forward, objective and backward of one micro-batch. Returns its metrics and whether its
-        loss is finite."""
+        loss is finite. A `padding` micro-batch (data parallelism: this rank has run out of rows)
+        adds nothing: its loss is multiplied by 0 and it records no mismatch."""
         cfg = self.cfg
         entropy_grad = cfg.algo.entropy_coef > 0
-        states = None
-        if self.want_states:  # auxiliary heads read the trunk's states: compute them once
-            states = response_hidden_states(self.model, micro, cfg.optim.share_prompt)
-            logp, entropy = logprobs_from_states(self.model, states, micro, cfg.rollout.temperature,
-                                                 with_entropy=True, entropy_grad=entropy_grad)
-        else:
-            logp, entropy = policy_logprobs(self.model, micro, cfg.rollout.temperature,
-                                            with_entropy=True, entropy_grad=entropy_grad,
-                                            share_prompt=cfg.optim.share_prompt)
-        if on_policy:  # pi_theta is pi_old here: use the exact values, so ratios are exactly 1
-            micro.old_logprobs = logp.detach()
-        old = micro.old_logprobs
-        if micro.sampler_logprobs is not None and (on_policy or cfg.algo.old_logprobs == "recompute"):
-            mismatch.add(old, micro.sampler_logprobs, micro.response_mask)  # same weights
-        options = self.credit_options if credit_stats is None else {**self.credit_options,
-                                                                     "stats": credit_stats}
-        multiplier = self.credit(micro, logp.detach(), **options)
-        auxiliary = [aux.term(self.model, states, micro, logp, old, stats)
-                     for aux, stats in zip(self.auxiliary, aux_stats)]
-        loss, metrics = policy_objective(
-            self.objective, totals, logprobs=logp, old_logprobs=old, advantages=micro.advantages,
-            response_mask=micro.response_mask, credit=multiplier, token_weights=micro.token_weights,
-            sampler_logprobs=micro.sampler_logprobs, ref_logprobs=micro.ref_logprobs,
-            entropy=entropy, auxiliary=auxiliary)
+
+        def forward(policy):  # every use of a trained parameter, inside the wrapped forward
+            states = None
+            if self.want_states:  # auxiliary heads read the trunk's states: compute them once
+                states = response_hidden_states(policy, micro, cfg.optim.share_prompt)
+                logp, entropy = logprobs_from_states(policy, states, micro, cfg.rollout.temperature,
+                                                     with_entropy=True, entropy_grad=entropy_grad)
+            else:
+                logp, entropy = policy_logprobs(policy, micro, cfg.rollout.temperature,
+                                                with_entropy=True, entropy_grad=entropy_grad,
+                                                share_prompt=cfg.optim.share_prompt)
+            if on_policy:  # pi_theta is pi_old here: use the exact values, so ratios are exactly 1
+                micro.old_logprobs = logp.detach()
+            old = micro.old_logprobs
+            if not padding and micro.sampler_logprobs is not None and (
+                    on_policy or cfg.algo.old_logprobs == "recompute"):
+                mismatch.add(old, micro.sampler_logprobs, micro.response_mask)  # same weights
+            options = self.credit_options if credit_stats is None else {**self.credit_options,
+                                                                         "stats": credit_stats}
+            multiplier = self.credit(micro, logp.detach(), **options)
+            auxiliary = [aux.term(policy, states, micro, logp, old, stats)
+                         for aux, stats in zip(self.auxiliary, aux_stats)]
+            return policy_objective(
+                self.objective, totals, logprobs=logp, old_logprobs=old,
+                advantages=micro.advantages, response_mask=micro.response_mask, credit=multiplier,
+                token_weights=micro.token_weights, sampler_logprobs=micro.sampler_logprobs,
+                ref_logprobs=micro.ref_logprobs, entropy=entropy, auxiliary=auxiliary)
+
+        loss, metrics = self.trained(forward)
+        if self.runtime.active:  # the wrappers average gradients over ranks; we want their sum
+            loss = loss * (0.0 if padding else float(self.runtime.world))
         loss.backward()
         return metrics, math.isfinite(loss.item())
+
+
+def _sum_weighted(rt: Runtime, sums: dict[str, float], weight: float) -> tuple[dict, float]:
+    """Token-weighted metric sums and their weight, added over ranks (keys in any order)."""
+    if not rt.active:
+        return sums, weight
+    parts = rt.gather_objects((sums, weight))
+    total: dict[str, float] = {}
+    for part, _ in parts:
+        for k, v in part.items():
+            total[k] = total.get(k, 0.0) + v
+    return total, sum(w for _, w in parts)

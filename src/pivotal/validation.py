@@ -13,8 +13,9 @@ import inspect
 from .config import Config, import_plugins, nearest_name
 from .errors import ConfigError
 
-# keywords the trainer passes itself (a credit's mini-batch statistics), never set in a config
-RESERVED_OPTIONS = ("stats",)
+# keywords the trainer passes itself (a credit's mini-batch statistics, an advantage's sum across
+# data-parallel ranks), never set in a config
+RESERVED_OPTIONS = ("stats", "all_ranks")
 
 
 def check_options(fn, options: dict, where: str) -> None:
@@ -117,6 +118,7 @@ def validate_config(cfg: Config) -> None:
     if not 0 <= cfg.reward.label_budget <= 1:
         raise ConfigError(f"reward.label_budget must be in [0, 1], got {cfg.reward.label_budget}")
     _check_reference(cfg)
+    _check_dist(cfg)
     if cfg.train.shift_monitor_rows < 0:
         raise ConfigError(f"train.shift_monitor_rows must be >= 0, got {cfg.train.shift_monitor_rows}")
     if not all(isinstance(t, (int, float)) and t > 0 for t in cfg.train.shift_thresholds):
@@ -171,6 +173,28 @@ def reference_users(cfg: Config) -> list[str]:
     if any(n == "ref_logprobs" or n.startswith(DIVERGENCE_INPUT) for n in inputs):
         users.append(f"algo.credit={cfg.algo.credit}")
     return users
+
+
+def _check_dist(cfg: Config) -> None:
+    """The dist section, and what it implies for the world size torchrun gives (WORLD_SIZE)."""
+    import os
+
+    d = cfg.dist
+    if d.strategy not in ("ddp", "fsdp"):
+        raise ConfigError(f"dist.strategy '{d.strategy}' is not one of: ddp, fsdp."
+                          f"{nearest_name(d.strategy, ['ddp', 'fsdp'])}")
+    if d.mixed_precision not in ("none", "bfloat16"):
+        raise ConfigError(f"dist.mixed_precision '{d.mixed_precision}' is not one of: none, bfloat16")
+    _positive(d.timeout_s, "dist.timeout_s")
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1 and cfg.rollout.prompts_per_step % world:
+        raise ConfigError(f"rollout.prompts_per_step={cfg.rollout.prompts_per_step} does not "
+                          f"split over {world} ranks: each rank samples whole groups, so it must "
+                          f"be a multiple of the world size")
+    if world > 1 and d.strategy == "fsdp" and cfg.algo.mtp_heads:
+        raise ConfigError("algo.mtp_heads (OCC) with dist.strategy=fsdp is not supported yet: its "
+                          "mini-batch statistics run the sharded policy outside the training "
+                          "forward; use dist.strategy=ddp")
 
 
 def _check_reference(cfg: Config) -> None:

@@ -15,10 +15,16 @@ Group statistics are computed with `torch.unique(return_inverse=True)` plus `ind
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import Tensor
 
 from pivotal.registry import Registry
+
+# Sums a tensor over every data-parallel rank's batch (`pivotal.distributed.Runtime.sum`). An
+# estimator with batch-level statistics takes it as its `all_ranks` keyword; the trainer passes it.
+SumAcrossRanks = Callable[[Tensor], Tensor]
 
 ADVANTAGES: Registry = Registry("advantage estimator")
 register_advantage = ADVANTAGES.register
@@ -110,7 +116,8 @@ def group_stats(scores: Tensor, group_ids: Tensor) -> dict[str, float]:
 
 @register_advantage("grpo")
 def grpo_advantage(scores: Tensor, group_ids: Tensor, response_mask: Tensor, *,
-                   std_scale: str = "group", eps: float = 1e-6) -> Tensor:
+                   std_scale: str = "group", eps: float = 1e-6,
+                   all_ranks: SumAcrossRanks | None = None) -> Tensor:
     """Group-relative advantage, GRPO (https://arxiv.org/abs/2402.03300).
 
     A_i = (score_i - mean_g) / (std + eps), with the scale chosen by `std_scale`:
@@ -119,6 +126,10 @@ def grpo_advantage(scores: Tensor, group_ids: Tensor, response_mask: Tensor, *,
                stops near-unanimous groups from being blown up by a tiny group std;
       "none":  no division (Dr.GRPO, https://arxiv.org/abs/2503.20783), which removes the
                question-difficulty bias that std normalisation introduces.
+
+    With data parallelism each rank holds whole groups, so only "batch" reads other ranks' rows:
+    `all_ranks` sums a tensor over every rank's batch (the trainer passes `Runtime.sum`); None is
+    this batch alone.
 
     A group whose scores all agree gets A = 0 exactly (no signal; also what dynamic sampling drops).
     A group of one response gets A = 0: with no other sample there is no baseline, and the unbiased
@@ -134,7 +145,10 @@ def grpo_advantage(scores: Tensor, group_ids: Tensor, response_mask: Tensor, *,
         var = torch.where(counts > 1, sq / (counts - 1).clamp(min=1), torch.zeros_like(sq))
         scale = var.sqrt()[inverse] + eps
     elif std_scale == "batch":
-        std = scores.std() if scores.numel() > 1 else scores.new_zeros(())
+        if all_ranks is None:
+            std = scores.std() if scores.numel() > 1 else scores.new_zeros(())
+        else:
+            std = _global_std(scores, all_ranks)
         scale = std + eps
     elif std_scale == "none":
         scale = scores.new_ones(())
@@ -177,7 +191,8 @@ def rloo_advantage(scores: Tensor, group_ids: Tensor, response_mask: Tensor) -> 
 
 @register_advantage("reinforce_pp_baseline")
 def reinforce_pp_baseline_advantage(scores: Tensor, group_ids: Tensor, response_mask: Tensor, *,
-                                    eps: float = 1e-8) -> Tensor:
+                                    eps: float = 1e-8,
+                                    all_ranks: SumAcrossRanks | None = None) -> Tensor:
     """REINFORCE++-baseline (https://arxiv.org/abs/2501.03262).
 
     1. subtract the group mean (the baseline; no per-group std, which is biased for small groups);
@@ -187,18 +202,30 @@ def reinforce_pp_baseline_advantage(scores: Tensor, group_ids: Tensor, response_
 
     Because step 2 re-centres over the whole batch, agreeing groups and size-1 groups end up with a
     small non-zero advantage (-mean / std) rather than 0: that is the method, not a bug. Padding is
-    0 and does not enter the statistics; a batch with no valid token returns all zeros.
+    0 and does not enter the statistics; a batch with no valid token returns all zeros. With data
+    parallelism the whitening is over every rank's tokens (`all_ranks`, as in `grpo_advantage`).
 
     scores (B,), group_ids (B,), response_mask (B, T) -> (B, T)
     """
+    reduce = all_ranks if all_ranks is not None else (lambda t: t)
     scores = _as_float(scores)
     centered, _, _, _ = _centered(scores, group_ids)
     mask = response_mask.to(scores.dtype)
     tokens = _broadcast(centered, mask)
-    n_tok = mask.sum().clamp(min=1)
-    mean = tokens.sum() / n_tok
-    var = (((tokens - mean) * mask) ** 2).sum() / n_tok
+    n_tok, total = reduce(torch.stack([mask.sum(), tokens.sum()]))
+    n_tok = n_tok.clamp(min=1)
+    mean = total / n_tok
+    var = reduce((((tokens - mean) * mask) ** 2).sum()) / n_tok
     return (tokens - mean) * var.clamp(min=eps).rsqrt() * mask
+
+
+def _global_std(scores: Tensor, all_ranks: SumAcrossRanks) -> Tensor:
+    """Unbiased std of the scores of every rank's batch (two passes: the mean, then the squares)."""
+    n, total = all_ranks(torch.stack([scores.new_tensor(float(scores.numel())), scores.sum()]))
+    if n <= 1:
+        return scores.new_zeros(())
+    squares = all_ranks(((scores - total / n) ** 2).sum())
+    return (squares / (n - 1)).sqrt()
 
 
 # Group-relative estimators: a group of one response has no baseline, so its advantage is 0

@@ -1,0 +1,148 @@
+"""Sharded checkpoints of data-parallel runs, with torch.distributed.checkpoint (DCP), and the
+consolidated Hugging Face export.
+
+Why DCP: every rank writes only its own shards (FSDP2) or one rank writes each replicated tensor
+(DDP), in parallel, and a load reshards to whatever world size reads it: 2 ranks -> 1 process
+works, as does a plain single-process load for the export. torchtitan and verl checkpoint this way.
+
+Layout of `<output_dir>/checkpoints/step_000010/` (written by every rank together):
+  dcp/               model (policy + auxiliary heads) and optimizer state, sharded
+  trainer_state.pt   what every rank shares (step, data cursor, scheduler, history, config ...)
+  rank_00000.pt ...  each rank's RNG states (its sampling stream)
+  config.json, tokenizer files
+  model.safetensors  the consolidated policy, once exported (`pivotal export`; the end of a run)
+Atomic as the single-process checkpoints (`pivotal.checkpoint`): every rank writes into one hidden
+temporary directory; after a barrier (every rank has finished) rank 0 fsyncs it, renames it into
+place and only then replaces `latest`. A kill at any moment leaves the last good checkpoint.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+import torch.distributed.checkpoint as dcp
+from torch.distributed.checkpoint.state_dict import (
+    get_model_state_dict,
+    get_state_dict,
+    set_model_state_dict,
+    set_state_dict,
+)
+
+from .checkpoint import LATEST, STATE_FILE, _free_space, _fsync_dir, _prune, _write_text_atomic
+from .distributed import Runtime, TrainedModules
+from .errors import CheckpointError
+
+DCP_DIR = "dcp"
+CONSOLIDATED = "model.safetensors"
+
+
+def rank_file(rank: int) -> str:
+    return f"rank_{rank:05d}.pt"
+
+
+def is_sharded_checkpoint(path: Path) -> bool:
+    return (Path(path) / DCP_DIR).is_dir()
+
+
+def save_sharded(root: Path, step: int, modules: TrainedModules, optimizer, shared_state: dict,
+                 rank_state: dict, tokenizer, runtime: Runtime, keep: int = 2) -> Path:
+    """Write checkpoint `step` from every rank at once; returns its path (on every rank)."""
+    root = Path(root)
+    final = root / f"step_{step:06d}"
+    tmp = None
+    if runtime.is_main:
+        root.mkdir(parents=True, exist_ok=True)
+        for stale in root.glob(".tmp-*"):  # leftovers of a crashed save
+            shutil.rmtree(stale, ignore_errors=True)
+        tmp = tempfile.mkdtemp(prefix=".tmp-", dir=root)
+    tmp = Path(runtime.broadcast(tmp))
+    try:
+        model_sd, optim_sd = get_state_dict(modules, optimizer)
+        dcp.save({"model": model_sd, "optim": optim_sd}, checkpoint_id=tmp / DCP_DIR)
+        torch.save(rank_state, tmp / rank_file(runtime.rank))
+        if runtime.is_main:
+            torch.save(shared_state, tmp / STATE_FILE)
+            tokenizer.save_pretrained(tmp)
+            modules.policy.config.save_pretrained(tmp)
+    except OSError as e:
+        raise CheckpointError(f"rank {runtime.rank} could not write checkpoint {final}: "
+                              f"{e.strerror or e} ({_free_space(root)} free there); the previous "
+                              f"checkpoint and 'latest' are untouched") from e
+    runtime.barrier()  # every rank has written its part
+    if runtime.is_main:
+        try:
+            for f in tmp.rglob("*"):
+                if f.is_file():
+                    with open(f, "rb") as fh:
+                        os.fsync(fh.fileno())
+            if final.exists():
+                shutil.rmtree(final)
+            os.replace(tmp, final)
+            _fsync_dir(root)
+            _write_text_atomic(root / LATEST, final.name)
+        except OSError as e:
+            raise CheckpointError(f"could not finish checkpoint {final}: {e.strerror or e} "
+                                  f"({_free_space(root)} free there)") from e
+        _prune(root, keep)
+    runtime.barrier()  # `latest` names it before any rank goes on
+    return final
+
+
+def load_sharded(path: Path, modules: TrainedModules, optimizer, runtime: Runtime
+                 ) -> tuple[dict, dict | None]:
+    """Load model and optimizer shards into `modules` / `optimizer` (resharding to this world
+    size). Returns (the shared trainer state, this rank's state or None when the checkpoint was
+    written by fewer ranks)."""
+    path = Path(path)
+    model_sd, optim_sd = get_state_dict(modules, optimizer)
+    state = {"model": model_sd, "optim": optim_sd}
+    dcp.load(state, checkpoint_id=path / DCP_DIR, no_dist=not runtime.active)
+    set_state_dict(modules, optimizer, model_state_dict=state["model"],
+                   optim_state_dict=state["optim"])
+    shared = torch.load(path / STATE_FILE, map_location="cpu", weights_only=False)
+    mine = path / rank_file(runtime.rank)
+    own = torch.load(mine, map_location="cpu", weights_only=False) if mine.exists() else None
+    return shared, own
+
+
+def load_policy_weights(path: Path, policy) -> None:
+    """A sharded checkpoint's policy weights into a whole single-process `policy`, in place."""
+    modules = TrainedModules(policy, [])
+    state = {"model": get_model_state_dict(modules)}
+    dcp.load(state, checkpoint_id=Path(path) / DCP_DIR, no_dist=True)
+    set_model_state_dict(modules, state["model"])
+
+
+def export_consolidated(checkpoint: Path, out_dir: Path | None = None) -> Path:
+    """Write the policy of a sharded checkpoint as one Hugging Face model directory
+    (`from_pretrained` and `pivotal eval --model` load it). Default: into the checkpoint itself.
+    Runs in one process (DCP reads every shard); the file appears atomically."""
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    checkpoint = Path(checkpoint)
+    if not is_sharded_checkpoint(checkpoint):
+        if (checkpoint / CONSOLIDATED).exists():
+            raise CheckpointError(f"{checkpoint} is already a consolidated (single-process) "
+                                  f"checkpoint: load it directly")
+        raise CheckpointError(f"{checkpoint} is not a pivotal checkpoint (no {DCP_DIR}/ directory)")
+    config = AutoConfig.from_pretrained(checkpoint)
+    policy = AutoModelForCausalLM.from_config(config, dtype=getattr(config, "dtype", None))
+    load_policy_weights(checkpoint, policy)
+    out = Path(out_dir) if out_dir is not None else checkpoint
+    out.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".export-", dir=out))
+    try:
+        policy.save_pretrained(staging, safe_serialization=True)
+        AutoTokenizer.from_pretrained(checkpoint).save_pretrained(staging)
+        for f in sorted(staging.iterdir(), key=lambda f: f.name == CONSOLIDATED):  # weights last
+            with open(f, "rb") as fh:
+                os.fsync(fh.fileno())
+            os.replace(f, out / f.name)
+        _fsync_dir(out)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return out
