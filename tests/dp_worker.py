@@ -3,12 +3,14 @@
     python tests/dp_worker.py OUT CASES_JSON                        # one process, the whole batch
     torchrun --nproc-per-node 2 tests/dp_worker.py OUT CASES_JSON   # each rank its groups
 
-CASES_JSON is a list of {"name": ..., "overrides": [...]}. For each case every process builds the
+CASES_JSON is a list of {"name": ..., "overrides": [...], "export": bool}. For each case every process builds the
 same trainer (a reference model, where one loads, moved off the policy by seeded noise) and the
 same batch (the tiny model's own samples at a fixed seed, rewards from a fixed generator so that
 advantages are not all zero), takes its rank's groups, prepares them (reference log-probs,
 divergences, advantages) and runs the update; rank 0 writes OUT/<name>.json (metrics) and
-OUT/<name>.safetensors (the whole updated policy).
+OUT/<name>.safetensors (the whole updated policy). With "export", every rank also checkpoints
+the updated model (DCP shards), rank 0 writes its consolidated export to OUT/<name>_export, and
+OUT/<name>_logprobs.safetensors holds the batch and its log-probs from the trained (sharded) model.
 """
 
 from __future__ import annotations
@@ -43,7 +45,27 @@ def fixed_batch(trainer: Trainer):
     return batch
 
 
-def run_case(out: Path, name: str, overrides: list[str]) -> None:
+def trained_logprobs(trainer: Trainer, batch) -> torch.Tensor:
+    """(B, P+T-1) log-probs of each next token under the wrapped (DDP / FSDP2) model."""
+    ids, mask = batch.input_ids, batch.attention_mask
+    with torch.no_grad():
+        logits = trainer.trained(lambda policy: policy(input_ids=ids, attention_mask=mask).logits)
+    return torch.log_softmax(logits[:, :-1].float(), -1).gather(-1, ids[:, 1:, None]).squeeze(-1)
+
+
+def export_case(out: Path, name: str, trainer: Trainer, batch) -> None:
+    from pivotal.checkpoint_sharded import export_consolidated
+
+    trainer.step = 1
+    path = trainer.save()
+    logprobs = trained_logprobs(trainer, batch)
+    if trainer.runtime.is_main:
+        export_consolidated(path, out / f"{name}_export")
+        save_file({"input_ids": batch.input_ids, "attention_mask": batch.attention_mask,
+                   "logprobs": logprobs.contiguous()}, str(out / f"{name}_logprobs.safetensors"))
+
+
+def run_case(out: Path, name: str, overrides: list[str], export: bool = False) -> None:
     cfg = load_config(None, [*BASE, f"train.output_dir={out / name}", *overrides])
     trainer = Trainer(cfg, progress=False)
     rt = trainer.runtime
@@ -65,13 +87,15 @@ def run_case(out: Path, name: str, overrides: list[str]) -> None:
     if rt.is_main:
         (out / f"{name}.json").write_text(json.dumps(metrics))
         save_file(weights, str(out / f"{name}.safetensors"))
+    if export and rt.active:  # a single-process checkpoint is already consolidated
+        export_case(out, name, trainer, batch)
 
 
 def main() -> None:
     out, cases = Path(sys.argv[1]), json.loads(sys.argv[2])
     out.mkdir(parents=True, exist_ok=True)
     for case in cases:
-        run_case(out, case["name"], case["overrides"])
+        run_case(out, case["name"], case["overrides"], case.get("export", False))
 
 
 if __name__ == "__main__":

@@ -5,6 +5,8 @@ PIVOTAL_TEST_SIGNAL_AFTER_STEP=N   after step N is logged (an optimizer step has
 PIVOTAL_TEST_SIGNAL_AT_ROLLOUT=N   at the start of the N-th rollout (inside it: abandoned)
 PIVOTAL_TEST_SIGNAL_IN_SAVE=N      twice, in the middle of the N-th checkpoint write
 PIVOTAL_TEST_SIGNAL=SIGINT|SIGTERM which signal (default SIGINT)
+PIVOTAL_TEST_KILL_AFTER_STEP=N     SIGKILL (no handler runs) after step N is logged: in a
+                                   data-parallel run that is rank 0, after its checkpoint
 """
 
 import os
@@ -34,6 +36,17 @@ if "PIVOTAL_TEST_SIGNAL_AFTER_STEP" in os.environ:
             _send()
 
     pivotal.metrics.MetricsLogger.log = logging_then_signal
+
+if "PIVOTAL_TEST_KILL_AFTER_STEP" in os.environ:
+    kill_after = int(os.environ["PIVOTAL_TEST_KILL_AFTER_STEP"])
+    log_step = pivotal.metrics.MetricsLogger.log
+
+    def logging_then_kill(self, step, metrics):
+        log_step(self, step, metrics)
+        if step == kill_after:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    pivotal.metrics.MetricsLogger.log = logging_then_kill
 
 if "PIVOTAL_TEST_SIGNAL_AT_ROLLOUT" in os.environ:
     at = int(os.environ["PIVOTAL_TEST_SIGNAL_AT_ROLLOUT"])

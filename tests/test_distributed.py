@@ -13,7 +13,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from pivotal.errors import ModelLoadError
 from pivotal.metrics import merge_rank_metrics
+from pivotal.models import load_model
 
 ROOT = Path(__file__).resolve().parents[1]
 WORKER = ROOT / "tests" / "dp_worker.py"
@@ -29,7 +31,7 @@ CASES = [
     {"name": "ddp_batch_std", "overrides": ["algo.advantage_options={std_scale: batch}"]},
     {"name": "ddp_reinforce_pp", "overrides": ["algo.advantage=reinforce_pp_baseline"]},
     {"name": "fsdp_gspo", "overrides": ["algo.loss=gspo", "algo.aggregation=seq-mean-token-mean",
-                                        "dist.strategy=fsdp"]},
+                                        "dist.strategy=fsdp"], "export": True},
 ]
 
 
@@ -66,6 +68,23 @@ def test_two_ranks_give_the_single_process_update(tmp_path):
         wb = load_file(tmp_path / "two" / f"{name}.safetensors")
         worst = max((wa[k] - wb[k]).abs().max().item() for k in wa)
         assert worst < 1e-5, (name, worst)
+    _export_gives_the_trained_logprobs(tmp_path / "two", "fsdp_gspo")
+
+
+def _export_gives_the_trained_logprobs(out: Path, name: str) -> None:
+    """The consolidated export of the 2-rank FSDP2 model, loaded by plain transformers, scores
+    the batch as the sharded model did."""
+    from transformers import AutoModelForCausalLM
+
+    saved = load_file(out / f"{name}_logprobs.safetensors")
+    model = AutoModelForCausalLM.from_pretrained(out / f"{name}_export")
+    ids = saved["input_ids"]
+    with torch.no_grad():
+        logits = model(input_ids=ids, attention_mask=saved["attention_mask"]).logits
+    logprobs = torch.log_softmax(logits[:, :-1].float(), -1).gather(-1, ids[:, 1:, None]).squeeze(-1)
+    real = saved["attention_mask"][:, 1:].bool()
+    assert real.sum() > 0
+    torch.testing.assert_close(logprobs[real], saved["logprobs"][real], rtol=0, atol=1e-5)
 
 
 TRAIN = ["model.name=tiny-random", "rollout.prompts_per_step=2", "rollout.group_size=4",
@@ -88,12 +107,55 @@ def test_two_rank_fsdp_run_exports_and_resumes_in_one_process(tmp_path):
     assert [r["step"] for r in rows] == [1, 2] and rows[0]["grad_norm"] > 0
     model = AutoModelForCausalLM.from_pretrained(final)
     assert all(torch.isfinite(p).all() for p in model.parameters())
+    earlier = out / "checkpoints" / "step_000001"  # shards only: `pivotal export` consolidates it
+    with pytest.raises(ModelLoadError, match="pivotal export"):
+        load_model(str(earlier))
+    exported = subprocess.run([sys.executable, "-m", "pivotal", "export", earlier, "--out",
+                               tmp_path / "step1"], env=_env(), cwd=ROOT, capture_output=True,
+                              text=True, timeout=300)
+    assert exported.returncode == 0, exported.stderr[-3000:]
+    step1 = AutoModelForCausalLM.from_pretrained(tmp_path / "step1").state_dict()
+    assert any(not torch.equal(step1[k], v) for k, v in model.state_dict().items())
+    bad = subprocess.run([sys.executable, "-m", "pivotal", "export", tmp_path], env=_env(),
+                         cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert bad.returncode == 2 and "not a pivotal checkpoint" in bad.stderr, bad.stderr
     again = subprocess.run([sys.executable, "-m", "pivotal", "train", *TRAIN, "train.steps=3",
                             f"--output-dir={out}", "--resume", "--quiet"], env=_env(), cwd=ROOT,
                            capture_output=True, text=True, timeout=600)
     assert again.returncode == 0, again.stderr[-3000:]
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [1, 2, 3]
+
+
+def _rows(out: Path) -> list[dict]:
+    from test_trainer import _deterministic
+    return _deterministic(json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines())
+
+
+def test_two_rank_run_killed_after_a_checkpoint_resumes_exactly(tmp_path):
+    """2 ranks, 3 steps: rank 0 is SIGKILLed right after step 2 is checkpointed and logged; the
+    resumed run gives the uninterrupted run's metrics and final weights."""
+    common = [*TRAIN, "train.steps=3", "train.plugins=[interrupt_helpers]",
+              "optim.mini_batches=2", "--quiet"]
+    full = _torchrun("-m", "pivotal", "train", *common, f"--output-dir={tmp_path / 'full'}")
+    assert full.returncode == 0, full.stderr[-3000:]
+    part = tmp_path / "part"
+    env = {**_env(), "PIVOTAL_TEST_KILL_AFTER_STEP": "2"}
+    killed = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
+                             "--nproc-per-node=2", "-m", "pivotal", "train", *common,
+                             f"--output-dir={part}"], env=env, cwd=ROOT, capture_output=True,
+                            text=True, timeout=600)
+    assert killed.returncode != 0 and "SIGKILL" in killed.stderr, killed.stderr[-3000:]
+    assert (part / "checkpoints" / "latest").read_text().strip() == "step_000002"
+    assert len(_rows(part)) == 2
+    resumed = _torchrun("-m", "pivotal", "train", *common, f"--output-dir={part}", "--resume")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert _rows(part) == _rows(tmp_path / "full")
+    a = load_file(tmp_path / "full" / "checkpoints" / "step_000003" / "model.safetensors")
+    b = load_file(part / "checkpoints" / "step_000003" / "model.safetensors")
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(b[k], a[k], rtol=0, atol=0)
 
 
 def _manual_ranks(tmp_path, per_rank_overrides, port):

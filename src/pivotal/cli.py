@@ -1,4 +1,4 @@
-"""Command line: `pivotal train | eval | analyze | cross-sample | report | plot | config`.
+"""Command line: `pivotal train | eval | analyze | cross-sample | report | export | plot | config`.
 
     pivotal train                                   # the built-in demo (SmolLM2-135M, arithmetic)
     pivotal train configs/gsm8k.yaml optim.lr=2e-6  # a config file plus dotted overrides
@@ -8,6 +8,7 @@
     pivotal analyze --rl runs/demo/checkpoints/step_000030 --out runs/analyze   # per-token shift
     pivotal cross-sample --rl runs/demo/checkpoints/step_000030 --out runs/analyze
     pivotal report runs/analyze --cross-sampling runs/analyze/cross_sampling.json
+    pivotal export runs/dp/checkpoints/step_000020  # a sharded (multi-rank) checkpoint as one HF dir
     pivotal plot runs/demo                          # training curves as runs/demo/curves.png
     pivotal config --keys                           # every key, its default and help text
 """
@@ -145,6 +146,25 @@ def cmd_eval(args) -> int:
     return 0
 
 
+def cmd_export(args) -> int:
+    from .checkpoint import latest_checkpoint
+    from .checkpoint_sharded import export_consolidated, is_sharded_checkpoint
+
+    path = Path(args.checkpoint)
+    if not path.exists():
+        raise FileNotFoundError(f"checkpoint '{path}' does not exist")
+    if not is_sharded_checkpoint(path):  # a run directory or its checkpoints/: the newest one
+        for root in (path / "checkpoints", path):
+            found = latest_checkpoint(root)
+            if found is not None and is_sharded_checkpoint(found):
+                path = found
+                break
+    out = export_consolidated(path, args.out)
+    print(f"wrote the consolidated policy of {path} to {out} (from_pretrained and "
+          f"`pivotal eval --model {out}` load it)")
+    return 0
+
+
 def cmd_plot(args) -> int:
     from .plots import plot_run
     print(plot_run(args.run_dir, args.out))
@@ -192,6 +212,12 @@ def build_parser() -> argparse.ArgumentParser:
     # token-level diagnostics (pivotal.analysis): each module registers its own subcommand
     for module in (cli_analyze, cli_cross_sample, cli_report):
         module.add_parser(sub)
+
+    x = sub.add_parser("export", help="a sharded (data-parallel) checkpoint as one Hugging Face "
+                       "model directory")
+    x.add_argument("checkpoint", help="a checkpoint directory, or a run directory (its latest)")
+    x.add_argument("--out", help="output directory (default: into the checkpoint itself)")
+    x.set_defaults(fn=cmd_export)
 
     pl = sub.add_parser("plot", help="training curves of a run as a PNG")
     pl.add_argument("run_dir", help="a training output directory (with metrics.jsonl)")

@@ -125,6 +125,9 @@ def _from_pretrained(spec: str, dtype: torch.dtype):
     if path.exists():
         if not (path / "config.json").exists():
             raise ModelLoadError(f"model directory '{path}' has no config.json: not a saved HF model")
+        if (path / "dcp").is_dir() and not any(path.glob("*.safetensors")):
+            raise ModelLoadError(f"'{path}' is a sharded data-parallel checkpoint without its "
+                                 f"consolidated export; write it with: pivotal export {path}")
         tokenizer = AutoTokenizer.from_pretrained(path)
         model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
         return model, tokenizer
