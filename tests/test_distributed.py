@@ -158,6 +158,61 @@ def test_two_rank_run_killed_after_a_checkpoint_resumes_exactly(tmp_path):
         torch.testing.assert_close(b[k], a[k], rtol=0, atol=0)
 
 
+BF16_RUNS = {  # name -> (launcher, overrides, dtype the trained weights are stored in)
+    "one_bf16": ("one", ["model.dtype=bfloat16"], torch.bfloat16),
+    "ddp_bf16": ("two", ["model.dtype=bfloat16"], torch.bfloat16),
+    "fsdp_bf16": ("two", ["model.dtype=bfloat16", "dist.strategy=fsdp"], torch.bfloat16),
+    "fsdp_mixed": ("two", ["dist.strategy=fsdp", "dist.mixed_precision=bfloat16"], torch.float32),
+}
+
+
+def test_bfloat16_trains_in_one_process_and_on_two_ranks(tmp_path):
+    """Two steps in bfloat16 (and FSDP2 mixed precision) in one process and on 2 ranks: dtype
+    mistakes a GPU run would hit show up here. The lr is large enough to move bf16 weights (at the
+    default the step is below half an ulp, and the run warns so)."""
+    initial = load_model("tiny-random", "cpu", "float32", seed=0)[0].state_dict()
+    for name, (launcher, overrides, dtype) in BF16_RUNS.items():
+        out = tmp_path / name
+        args = ["-m", "pivotal", "train", *TRAIN, "train.steps=2", "optim.lr=1e-2", *overrides,
+                f"--output-dir={out}", "--quiet"]
+        run = (_torchrun(*args) if launcher == "two" else
+               subprocess.run([sys.executable, *args], env=_env(), cwd=ROOT, capture_output=True,
+                              text=True, timeout=600))
+        assert run.returncode == 0, (name, run.stderr[-3000:])
+        rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+        assert [r["step"] for r in rows] == [1, 2], name
+        for row in rows:
+            assert row["optimizer_steps"] == 1 and 0 < row["grad_norm"] < float("inf"), (name, row)
+            assert all(v == v for v in row.values() if isinstance(v, float)), (name, row)  # no NaN
+        weights = load_file(out / "checkpoints" / "step_000002" / "model.safetensors")
+        assert {w.dtype for w in weights.values()} == {dtype}, name
+        moved = sum(not torch.equal(w.float(), initial[k].to(dtype).float())
+                    for k, w in weights.items())
+        assert moved > len(weights) // 2, (name, moved, len(weights))
+
+
+def test_a_bfloat16_policy_at_a_tiny_lr_warns(tmp_path, caplog):
+    from pivotal.trainer import Trainer
+    from test_trainer import tiny_config
+    Trainer(tiny_config(tmp_path, **{"model.dtype": "bfloat16", "optim.lr": 1e-6}), progress=False)
+    assert "below half a bfloat16 ulp" in caplog.text and "dist.mixed_precision" in caplog.text
+    caplog.clear()
+    Trainer(tiny_config(tmp_path, **{"model.dtype": "bfloat16", "optim.lr": 1e-2}), progress=False)
+    Trainer(tiny_config(tmp_path), progress=False)
+    assert "ulp" not in caplog.text
+
+
+def test_frozen_weight_fraction_counts_updates_below_half_an_ulp():
+    from pivotal.safety import frozen_weight_fraction
+    w = torch.tensor([1.0, 2.0 ** -10, 0.0, -1.0], dtype=torch.bfloat16)  # half-ulps 2^-8, 2^-18
+    assert frozen_weight_fraction([w], 1e-3) == 0.5  # 1 and -1 are stuck; 2^-10 and 0 move
+    assert frozen_weight_fraction([w], 1e-2) == 0.0
+    assert frozen_weight_fraction([w.float()], 1e-9) == 0.0
+    w2 = w.clone()
+    w2.add_(1e-3)  # what the warning predicts actually happens
+    assert w2[0] == w[0] and w2[3] == w[3] and w2[1] != w[1]
+
+
 def _manual_ranks(tmp_path, per_rank_overrides, port):
     """Two ranks started by hand (as on two nodes, with no torchrun agent to stop the others)."""
     procs = []

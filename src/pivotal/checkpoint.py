@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from .errors import CheckpointError, ModelLoadError
+from .safe_load import load_state_file
 
 STATE_FILE = "trainer_state.pt"
 LATEST = "latest"
@@ -137,7 +138,7 @@ def latest_checkpoint(root: str | Path) -> Path | None:
 
 
 def load_trainer_state(checkpoint: Path) -> dict:
-    return torch.load(checkpoint / STATE_FILE, map_location="cpu", weights_only=False)
+    return load_state_file(checkpoint / STATE_FILE)
 
 
 def load_model_weights(checkpoint: Path, model, model_name: str) -> None:

@@ -18,6 +18,7 @@ place and only then replaces `latest`. A kill at any moment leaves the last good
 
 from __future__ import annotations
 
+import copy
 import os
 import shutil
 import tempfile
@@ -35,6 +36,7 @@ from torch.distributed.checkpoint.state_dict import (
 from .checkpoint import LATEST, STATE_FILE, _free_space, _fsync_dir, _prune, _write_text_atomic
 from .distributed import Runtime, TrainedModules
 from .errors import CheckpointError
+from .safe_load import load_state_file, safe_dcp_reader
 
 DCP_DIR = "dcp"
 CONSOLIDATED = "model.safetensors"
@@ -67,7 +69,9 @@ def save_sharded(root: Path, step: int, modules: TrainedModules, optimizer, shar
         if runtime.is_main:
             torch.save(shared_state, tmp / STATE_FILE)
             tokenizer.save_pretrained(tmp)
-            modules.policy.config.save_pretrained(tmp)
+            config = copy.deepcopy(modules.policy.config)  # the export keeps the trained dtype
+            config.dtype = next(modules.policy.parameters()).dtype
+            config.save_pretrained(tmp)
     except OSError as e:
         raise CheckpointError(f"rank {runtime.rank} could not write checkpoint {final}: "
                               f"{e.strerror or e} ({_free_space(root)} free there); the previous "
@@ -100,12 +104,12 @@ def load_sharded(path: Path, modules: TrainedModules, optimizer, runtime: Runtim
     path = Path(path)
     model_sd, optim_sd = get_state_dict(modules, optimizer)
     state = {"model": model_sd, "optim": optim_sd}
-    dcp.load(state, checkpoint_id=path / DCP_DIR, no_dist=not runtime.active)
+    dcp.load(state, storage_reader=safe_dcp_reader(path / DCP_DIR), no_dist=not runtime.active)
     set_state_dict(modules, optimizer, model_state_dict=state["model"],
                    optim_state_dict=state["optim"])
-    shared = torch.load(path / STATE_FILE, map_location="cpu", weights_only=False)
+    shared = load_state_file(path / STATE_FILE)
     mine = path / rank_file(runtime.rank)
-    own = torch.load(mine, map_location="cpu", weights_only=False) if mine.exists() else None
+    own = load_state_file(mine) if mine.exists() else None
     return shared, own
 
 
@@ -113,7 +117,7 @@ def load_policy_weights(path: Path, policy) -> None:
     """A sharded checkpoint's policy weights into a whole single-process `policy`, in place."""
     modules = TrainedModules(policy, [])
     state = {"model": get_model_state_dict(modules)}
-    dcp.load(state, checkpoint_id=Path(path) / DCP_DIR, no_dist=True)
+    dcp.load(state, storage_reader=safe_dcp_reader(Path(path) / DCP_DIR), no_dist=True)
     set_model_state_dict(modules, state["model"])
 
 

@@ -197,8 +197,9 @@ class DistConfig:
                        "optimizer state sharded).")
     cpu_offload: bool = _f(False, "fsdp: keep the sharded parameters and optimizer state in CPU "
                            "memory (FSDP2 CPUOffloadPolicy).")
-    mixed_precision: str = _f("none", "fsdp on GPUs: none | bfloat16 (FSDP2 MixedPrecisionPolicy: "
-                              "bf16 compute and all-gathers, fp32 gradient reduction).")
+    mixed_precision: str = _f("none", "fsdp: none | bfloat16 (FSDP2 MixedPrecisionPolicy: bf16 "
+                              "compute and all-gathers, fp32 gradient reduction, fp32 weights and "
+                              "optimizer state; on GPUs and on CPU).")
     timeout_s: float = _f(600.0, "Collective timeout, seconds: a rank that dies or hangs makes the "
                           "others stop with an error within this long (torch's default is 30 "
                           "minutes).")

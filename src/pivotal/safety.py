@@ -72,3 +72,35 @@ def check_finite_weights(modules, step: int) -> None:
             if not torch.isfinite(local).all():
                 raise NonFiniteError(f"refusing to checkpoint step {step}: parameter '{name}' "
                                      f"is not finite")
+
+
+def frozen_weight_fraction(params, lr: float) -> float:
+    """The fraction of the weights an optimizer step of size `lr` cannot move: those stored in a
+    16-bit float whose half-ulp exceeds `lr` (the update rounds back to the old value). An
+    AdamW step is about `lr` per weight, so a bfloat16 policy (7 significand bits: half-ulp
+    2^-8 |w| at worst) trained at lr 1e-6 keeps almost every weight it has. 0 for float32 and up.
+
+    params: tensors of any shape; lr: the step size. Returns a number in [0, 1].
+    """
+    frozen = total = 0
+    with torch.no_grad():
+        for p in params:
+            if p.dtype not in (torch.bfloat16, torch.float16) or p.numel() == 0:
+                continue
+            w = p.detach().abs().float()
+            # ulp(w) = eps * 2^floor(log2 |w|) for normal numbers; 0 stays movable
+            ulp = torch.finfo(p.dtype).eps * torch.exp2(torch.floor(torch.log2(w)))
+            frozen += int(((w > 0) & (ulp / 2 > lr)).sum())
+            total += p.numel()
+    return frozen / total if total else 0.0
+
+
+def low_precision_warning(params, lr: float, dtype: str) -> str | None:
+    """A warning when most trained weights are too coarse for the step size, else None."""
+    frozen = frozen_weight_fraction(params, lr)
+    if frozen < 0.1:
+        return None
+    return (f"model.dtype={dtype}: an optimizer step of optim.lr={lr:g} is below half a {dtype} "
+            f"ulp for {frozen:.0%} of the trained weights, so they will not change. Train in "
+            f"float32 (with dist.strategy=fsdp, dist.mixed_precision=bfloat16 computes in "
+            f"bfloat16 and keeps float32 weights) or raise optim.lr")

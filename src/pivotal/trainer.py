@@ -68,7 +68,7 @@ from .models import load_model, load_reference
 from .plots import plot_run
 from .rewards import build_scorer
 from .rollout import SamplingParams, build_engine
-from .safety import CheckpointClock, StepChecks, check_finite_weights
+from .safety import CheckpointClock, StepChecks, check_finite_weights, low_precision_warning
 from .shift_monitor import build_shift_monitor
 from .step_inputs import StepInputs
 from .tasks import build_task, format_prompt
@@ -116,6 +116,9 @@ class Trainer:
         self.ref_model = (load_reference(cfg.model.reference, self.model, self.tokenizer, cfg.model)
                           if reference_users(cfg) else None)
         self.auxiliary = build_auxiliary_losses(cfg, self.model)
+        if rt.is_main and (warning := low_precision_warning(self.model.parameters(), cfg.optim.lr,
+                                                             cfg.model.dtype)):
+            log.warning(warning)
         self.trained = wrap_for_training(TrainedModules(self.model, self.auxiliary), rt,
                                          cfg.dist.strategy, cfg.dist.cpu_offload,
                                          cfg.dist.mixed_precision)

@@ -185,6 +185,9 @@ def _check_dist(cfg: Config) -> None:
                           f"{nearest_name(d.strategy, ['ddp', 'fsdp'])}")
     if d.mixed_precision not in ("none", "bfloat16"):
         raise ConfigError(f"dist.mixed_precision '{d.mixed_precision}' is not one of: none, bfloat16")
+    if d.mixed_precision != "none" and d.strategy != "fsdp":
+        raise ConfigError(f"dist.mixed_precision={d.mixed_precision} is FSDP2's MixedPrecisionPolicy "
+                          f"and needs dist.strategy=fsdp (with {d.strategy}, set model.dtype)")
     _positive(d.timeout_s, "dist.timeout_s")
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world > 1 and cfg.rollout.prompts_per_step % world:
