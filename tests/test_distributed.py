@@ -257,3 +257,28 @@ def test_rank_metrics_merge_with_their_weights():
     assert merged["tokens"] == 40 and merged["response_length_max"] == 9
     assert merged["time_step"] == 3.0 and merged["tokens_per_s"] == pytest.approx(40 / 3)
     assert merged["nonfinite"] == "loss"
+
+
+@pytest.mark.slow
+def test_real_model_trains_on_two_fsdp_ranks_and_exports(tmp_path):
+    """Slow: the built-in SmolLM2 on 2 FSDP2 ranks for 2 steps; the consolidated export loads
+    with plain transformers and differs from the base model where the run had a gradient."""
+    from transformers import AutoModelForCausalLM
+
+    from pivotal.models import builtin_model_dir
+    out = tmp_path / "run"
+    run = _torchrun("-m", "pivotal", "train", "train.steps=2", "train.eval_before_after=false",
+                    "train.tensorboard=false", "rollout.prompts_per_step=2",
+                    "rollout.group_size=4", "rollout.max_new_tokens=24",
+                    "task.options={levels: [{ops: ['+'], digits: 1}]}", "dist.strategy=fsdp",
+                    f"--output-dir={out}", "--quiet", timeout=1800)
+    assert run.returncode == 0, run.stderr[-3000:]
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2]
+    assert all(r["loss"] == r["loss"] and r["tokens"] > 0 for r in rows)
+    exported = AutoModelForCausalLM.from_pretrained(out / "checkpoints" / "step_000002")
+    base = AutoModelForCausalLM.from_pretrained(builtin_model_dir()).state_dict()
+    after = exported.state_dict()
+    assert after.keys() == base.keys()
+    if any(r["optimizer_steps"] and r["grad_norm"] > 0 for r in rows):
+        assert any(not torch.equal(after[k], base[k]) for k in base)
