@@ -54,13 +54,13 @@ def trained_logprobs(trainer: Trainer, batch) -> torch.Tensor:
 
 
 def export_case(out: Path, name: str, trainer: Trainer, batch) -> None:
-    from pivotal.checkpoint_sharded import export_consolidated
+    from pivotal.export import export_checkpoint
 
     trainer.step = 1
     path = trainer.save()
     logprobs = trained_logprobs(trainer, batch)
     if trainer.runtime.is_main:
-        export_consolidated(path, out / f"{name}_export")
+        export_checkpoint(path, out / f"{name}_export")
         save_file({"input_ids": batch.input_ids, "attention_mask": batch.attention_mask,
                    "logprobs": logprobs.contiguous()}, str(out / f"{name}_logprobs.safetensors"))
 

@@ -32,6 +32,9 @@ CASES = [
     {"name": "ddp_reinforce_pp", "overrides": ["algo.advantage=reinforce_pp_baseline"]},
     {"name": "fsdp_gspo", "overrides": ["algo.loss=gspo", "algo.aggregation=seq-mean-token-mean",
                                         "dist.strategy=fsdp"], "export": True},
+    {"name": "ddp_lora", "overrides": ["model.lora.r=4", "optim.lr=1e-2"]},
+    {"name": "fsdp_lora", "overrides": ["model.lora.r=4", "optim.lr=1e-2", "dist.strategy=fsdp"],
+     "export": True},
 ]
 
 
@@ -48,7 +51,7 @@ def _torchrun(*args, timeout=900):
 def test_two_ranks_give_the_single_process_update(tmp_path):
     """Same fixed batch: loss, grad norm and updated weights agree within 1e-5, for every
     aggregation, DDP and FSDP2, a mini-batch-normalised credit, batch-std and whitened advantages,
-    and GSPO (two optimizer steps each: on- and off-policy)."""
+    GSPO and LoRA (two optimizer steps each: on- and off-policy)."""
     cases = json.dumps(CASES)
     one = subprocess.run([sys.executable, str(WORKER), tmp_path / "one", cases], env=_env(),
                          cwd=ROOT, capture_output=True, text=True, timeout=900)
@@ -69,6 +72,7 @@ def test_two_ranks_give_the_single_process_update(tmp_path):
         worst = max((wa[k] - wb[k]).abs().max().item() for k in wa)
         assert worst < 1e-5, (name, worst)
     _export_gives_the_trained_logprobs(tmp_path / "two", "fsdp_gspo")
+    _export_gives_the_trained_logprobs(tmp_path / "two", "fsdp_lora")  # adapters merged
 
 
 def _export_gives_the_trained_logprobs(out: Path, name: str) -> None:
@@ -156,6 +160,41 @@ def test_two_rank_run_killed_after_a_checkpoint_resumes_exactly(tmp_path):
     assert a.keys() == b.keys()
     for k in a:
         torch.testing.assert_close(b[k], a[k], rtol=0, atol=0)
+
+
+def test_two_rank_lora_run_resumes_exactly(tmp_path):
+    """LoRA on 2 ranks: checkpoints hold the adapters only (no base weights in the shards); a run
+    stopped after step 1 and resumed gives the uninterrupted run's metrics and merged weights."""
+    common = [*TRAIN, "model.lora.r=4", "optim.lr=1e-2", "algo.kl_beta=0.1"]
+    full = _torchrun("-m", "pivotal", "train", *common, "train.steps=2",
+                     f"--output-dir={tmp_path / 'full'}", "--quiet")
+    assert full.returncode == 0, full.stderr[-3000:]
+    part = tmp_path / "part"
+    for steps, extra in ((1, []), (2, ["--resume"])):
+        run = _torchrun("-m", "pivotal", "train", *common, f"train.steps={steps}",
+                        f"--output-dir={part}", "--quiet", *extra)
+        assert run.returncode == 0, run.stderr[-3000:]
+    assert _rows(part) == _rows(tmp_path / "full") and len(_rows(part)) == 2
+    from pivotal.safe_load import safe_dcp_reader  # the DCP index names what the shards hold
+    saved = safe_dcp_reader(part / "checkpoints" / "step_000001" / "dcp").read_metadata()
+    weights = [k for k in saved.state_dict_metadata if k.startswith("model.")]
+    assert weights and all(".lora_" in k for k in weights), weights
+    a = load_file(tmp_path / "full" / "checkpoints" / "step_000002" / "merged" / "model.safetensors")
+    b = load_file(part / "checkpoints" / "step_000002" / "merged" / "model.safetensors")
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(b[k], a[k], rtol=0, atol=0)
+
+
+def test_the_active_label_budget_is_a_share_of_the_global_batch(tmp_path):
+    """2 ranks x 1 group each, budget 0.5: one true label per step in all (ceil(0.5 x 2)), not
+    one per rank (ceil(0.5 x 1) each)."""
+    run = _torchrun("-m", "pivotal", "train", *TRAIN, "train.steps=2", "reward.labels=cag_oracle",
+                    "reward.label_budget=0.5", f"--output-dir={tmp_path}", "--quiet")
+    assert run.returncode == 0, run.stderr[-3000:]
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["labels_queried"] for r in rows] == [1, 1]
+    assert rows[-1]["labels_queried_total"] == 2
 
 
 BF16_RUNS = {  # name -> (launcher, overrides, dtype the trained weights are stored in)

@@ -218,3 +218,29 @@ def test_cag_matches_registered_grpo_advantage():
     got = corrective_advantage_gap(t, p, g)
     for gid in g.unique().tolist():
         assert got[gid] == pytest.approx(float(diff[g == gid].norm()), abs=1e-9)
+
+
+@pytest.mark.parametrize("selector", ["cag_oracle", "agreement"])
+def test_selection_over_ranks_is_the_one_process_selection(selector):
+    """Two ranks' groups selected together give, per rank, the groups one process would choose
+    on all rows (the budget is a share of the global batch, not of each rank's)."""
+    from pivotal.algos.labels import LABEL_SELECTORS
+    from pivotal.labeling import select_over_ranks
+
+    select = LABEL_SELECTORS.get(selector)
+    gen = torch.Generator().manual_seed(3)
+    rows = 6 * 4  # 6 groups of 4
+    true = torch.randint(0, 2, (rows,), generator=gen).float()
+    pseudo = torch.randint(0, 2, (rows,), generator=gen).float()
+    answers = [str(int(x)) for x in torch.randint(0, 3, (rows,), generator=gen)]
+    groups = torch.arange(6).repeat_interleave(4)
+    for budget in (0.2, 0.5, 1.0):
+        whole = select(true, pseudo, answers, groups, budget)
+        half = rows // 2  # rank 0: groups 0-2, rank 1: groups 3-5 (renumbered from 0)
+        parts = [(true[:half], pseudo[:half], answers[:half], groups[:half]),
+                 (true[half:], pseudo[half:], answers[half:], groups[half:] - 3)]
+        mine = [select_over_ranks(select, parts, r, budget) for r in (0, 1)]
+        assert mine[0] | {g + 3 for g in mine[1]} == whole, (budget, mine, whole)
+        if budget == 0.5:  # ceil(0.5 * 6) = 3 groups in all; per rank it would be 2 + 2
+            assert len(mine[0]) + len(mine[1]) == 3
+            assert sum(len(select(*part, budget)) for part in parts) == 4

@@ -148,3 +148,25 @@ def test_eval_command_samples_with_the_configured_engine(tmp_path, capsys):
         records[engine] = [json.loads(line)["response"] for line in lines]
     assert len(records["vllm"]) == 4
     assert records["vllm"] == records["transformers"]  # greedy: the same text from both engines
+
+
+def test_a_lora_policy_reaches_vllm_as_merged_weights(tmp_path):
+    """LoRA on SmolLM2 with vLLM rollouts: after every update vLLM samples from the adapted
+    policy (merged weights), so the sampler/trainer gap stays numerical."""
+    cfg = load_config(None, [
+        f"train.output_dir={tmp_path}", "train.steps=2", "train.eval_before_after=false",
+        "rollout.engine=vllm", "rollout.vllm_max_model_len=512", "rollout.vllm_kv_cache_gb=0.25",
+        "rollout.prompts_per_step=2", "rollout.group_size=4", "rollout.max_new_tokens=24",
+        "task.options={levels: [{ops: ['+'], digits: 1}]}", "optim.lr=1e-3",
+        "model.lora.r=8", "train.tensorboard=false"])
+    from pivotal.trainer import Trainer
+    trainer = Trainer(cfg, progress=False)
+    trainer.train()
+    rows = read_metrics(tmp_path / "metrics.jsonl")
+    assert all(r["sampler_logprob_diff_max"] < TOLERANCE for r in rows)
+    trainer.sync_engine()
+    batch, _ = trainer.engine.generate(_prompts(trainer.tokenizer), 2,
+                                       SamplingParams(max_new_tokens=16), seed=1)
+    assert _max_diff(trainer.model, batch) < TOLERANCE
+    with trainer.adapters.peft_model.disable_adapter():  # the adapters moved the policy
+        assert _max_diff(trainer.model, batch) > 10 * TOLERANCE

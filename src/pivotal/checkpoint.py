@@ -149,6 +149,10 @@ def load_model_weights(checkpoint: Path, model, model_name: str) -> None:
     """
     from safetensors.torch import load_file
 
+    if not (checkpoint / "model.safetensors").exists():
+        what = ("holds LoRA adapters only: resume it with the run's model.lora settings"
+                if (checkpoint / "adapter_config.json").exists() else "has no model.safetensors")
+        raise CheckpointError(f"checkpoint {checkpoint} {what}")
     device = next(model.parameters()).device
     weights = load_file(checkpoint / "model.safetensors", device=str(device))
     missing, unexpected = model.load_state_dict(weights, strict=False)

@@ -10,7 +10,9 @@ Layout of `<output_dir>/checkpoints/step_000010/` (written by every rank togethe
   trainer_state.pt   what every rank shares (step, data cursor, scheduler, history, config ...)
   rank_00000.pt ...  each rank's RNG states (its sampling stream)
   config.json, tokenizer files
-  model.safetensors  the consolidated policy, once exported (`pivotal export`; the end of a run)
+  model.safetensors  the consolidated policy, once exported (`pivotal.export`; the end of a run)
+With LoRA (`trainable_only`) the shards hold only what trains (adapters, auxiliary heads) and
+their optimizer state; the frozen base comes from `model.name` on load.
 Atomic as the single-process checkpoints (`pivotal.checkpoint`): every rank writes into one hidden
 temporary directory; after a barrier (every rank has finished) rank 0 fsyncs it, renames it into
 place and only then replaces `latest`. A kill at any moment leaves the last good checkpoint.
@@ -26,7 +28,9 @@ from pathlib import Path
 
 import torch
 import torch.distributed.checkpoint as dcp
+from torch import nn
 from torch.distributed.checkpoint.state_dict import (
+    StateDictOptions,
     get_model_state_dict,
     get_state_dict,
     set_model_state_dict,
@@ -50,9 +54,30 @@ def is_sharded_checkpoint(path: Path) -> bool:
     return (Path(path) / DCP_DIR).is_dir()
 
 
+def _options(trainable_only: bool) -> StateDictOptions:
+    return StateDictOptions(ignore_frozen_params=trainable_only, strict=not trainable_only)
+
+
+def _state_dicts(modules: nn.Module, optimizer, trainable_only: bool) -> tuple[dict, dict]:
+    """(model, optimizer) state dicts as DCP saves them. trainable_only also drops frozen tensors
+    that `ignore_frozen_params` keeps: a tied LM head is reached only through the state dict, not
+    as a parameter of its own, so its requires_grad=False is not seen (the whole embedding would
+    be saved with every LoRA checkpoint)."""
+    model_sd, optim_sd = get_state_dict(modules, optimizer, options=_options(trainable_only))
+    return (_without_frozen(modules, model_sd) if trainable_only else model_sd), optim_sd
+
+
+def _without_frozen(modules: nn.Module, state: dict) -> dict:
+    frozen = {name for name, p in modules.named_parameters(remove_duplicate=False)
+              if not p.requires_grad}
+    return {k: v for k, v in state.items() if k not in frozen}
+
+
 def save_sharded(root: Path, step: int, modules: TrainedModules, optimizer, shared_state: dict,
-                 rank_state: dict, tokenizer, runtime: Runtime, keep: int = 2) -> Path:
-    """Write checkpoint `step` from every rank at once; returns its path (on every rank)."""
+                 rank_state: dict, tokenizer, runtime: Runtime, keep: int = 2,
+                 trainable_only: bool = False) -> Path:
+    """Write checkpoint `step` from every rank at once; returns its path (on every rank).
+    trainable_only: leave out frozen parameters (a LoRA run's base model)."""
     root = Path(root)
     final = root / f"step_{step:06d}"
     tmp = None
@@ -63,7 +88,7 @@ def save_sharded(root: Path, step: int, modules: TrainedModules, optimizer, shar
         tmp = tempfile.mkdtemp(prefix=".tmp-", dir=root)
     tmp = Path(runtime.broadcast(tmp))
     try:
-        model_sd, optim_sd = get_state_dict(modules, optimizer)
+        model_sd, optim_sd = _state_dicts(modules, optimizer, trainable_only)
         dcp.save({"model": model_sd, "optim": optim_sd}, checkpoint_id=tmp / DCP_DIR)
         torch.save(rank_state, tmp / rank_file(runtime.rank))
         if runtime.is_main:
@@ -96,57 +121,28 @@ def save_sharded(root: Path, step: int, modules: TrainedModules, optimizer, shar
     return final
 
 
-def load_sharded(path: Path, modules: TrainedModules, optimizer, runtime: Runtime
-                 ) -> tuple[dict, dict | None]:
+def load_sharded(path: Path, modules: TrainedModules, optimizer, runtime: Runtime,
+                 trainable_only: bool = False) -> tuple[dict, dict | None]:
     """Load model and optimizer shards into `modules` / `optimizer` (resharding to this world
     size). Returns (the shared trainer state, this rank's state or None when the checkpoint was
     written by fewer ranks)."""
     path = Path(path)
-    model_sd, optim_sd = get_state_dict(modules, optimizer)
+    model_sd, optim_sd = _state_dicts(modules, optimizer, trainable_only)
     state = {"model": model_sd, "optim": optim_sd}
     dcp.load(state, storage_reader=safe_dcp_reader(path / DCP_DIR), no_dist=not runtime.active)
     set_state_dict(modules, optimizer, model_state_dict=state["model"],
-                   optim_state_dict=state["optim"])
+                   optim_state_dict=state["optim"], options=_options(trainable_only))
     shared = load_state_file(path / STATE_FILE)
     mine = path / rank_file(runtime.rank)
     own = load_state_file(mine) if mine.exists() else None
     return shared, own
 
 
-def load_policy_weights(path: Path, policy) -> None:
-    """A sharded checkpoint's policy weights into a whole single-process `policy`, in place."""
+def load_policy_weights(path: Path, policy, trainable_only: bool = False) -> None:
+    """A sharded checkpoint's policy weights into a whole single-process `policy`, in place
+    (trainable_only: its adapters, into a policy with the same LoRA layers)."""
     modules = TrainedModules(policy, [])
-    state = {"model": get_model_state_dict(modules)}
+    weights = get_model_state_dict(modules, options=_options(trainable_only))
+    state = {"model": _without_frozen(modules, weights) if trainable_only else weights}
     dcp.load(state, storage_reader=safe_dcp_reader(Path(path) / DCP_DIR), no_dist=True)
-    set_model_state_dict(modules, state["model"])
-
-
-def export_consolidated(checkpoint: Path, out_dir: Path | None = None) -> Path:
-    """Write the policy of a sharded checkpoint as one Hugging Face model directory
-    (`from_pretrained` and `pivotal eval --model` load it). Default: into the checkpoint itself.
-    Runs in one process (DCP reads every shard); the file appears atomically."""
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
-
-    checkpoint = Path(checkpoint)
-    if not is_sharded_checkpoint(checkpoint):
-        if (checkpoint / CONSOLIDATED).exists():
-            raise CheckpointError(f"{checkpoint} is already a consolidated (single-process) "
-                                  f"checkpoint: load it directly")
-        raise CheckpointError(f"{checkpoint} is not a pivotal checkpoint (no {DCP_DIR}/ directory)")
-    config = AutoConfig.from_pretrained(checkpoint)
-    policy = AutoModelForCausalLM.from_config(config, dtype=getattr(config, "dtype", None))
-    load_policy_weights(checkpoint, policy)
-    out = Path(out_dir) if out_dir is not None else checkpoint
-    out.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".export-", dir=out))
-    try:
-        policy.save_pretrained(staging, safe_serialization=True)
-        AutoTokenizer.from_pretrained(checkpoint).save_pretrained(staging)
-        for f in sorted(staging.iterdir(), key=lambda f: f.name == CONSOLIDATED):  # weights last
-            with open(f, "rb") as fh:
-                os.fsync(fh.fileno())
-            os.replace(f, out / f.name)
-        _fsync_dir(out)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return out
+    set_model_state_dict(modules, state["model"], options=_options(trainable_only))

@@ -8,7 +8,7 @@
     pivotal analyze --rl runs/demo/checkpoints/step_000030 --out runs/analyze   # per-token shift
     pivotal cross-sample --rl runs/demo/checkpoints/step_000030 --out runs/analyze
     pivotal report runs/analyze --cross-sampling runs/analyze/cross_sampling.json
-    pivotal export runs/dp/checkpoints/step_000020  # a sharded (multi-rank) checkpoint as one HF dir
+    pivotal export runs/dp/checkpoints/step_000020  # a sharded or LoRA checkpoint as one HF dir
     pivotal plot runs/demo                          # training curves as runs/demo/curves.png
     pivotal config --keys                           # every key, its default and help text
 """
@@ -148,18 +148,18 @@ def cmd_eval(args) -> int:
 
 def cmd_export(args) -> int:
     from .checkpoint import latest_checkpoint
-    from .checkpoint_sharded import export_consolidated, is_sharded_checkpoint
+    from .export import export_checkpoint, exportable
 
     path = Path(args.checkpoint)
     if not path.exists():
         raise FileNotFoundError(f"checkpoint '{path}' does not exist")
-    if not is_sharded_checkpoint(path):  # a run directory or its checkpoints/: the newest one
+    if not exportable(path):  # a run directory or its checkpoints/: the newest one
         for root in (path / "checkpoints", path):
             found = latest_checkpoint(root)
-            if found is not None and is_sharded_checkpoint(found):
+            if found is not None and exportable(found):
                 path = found
                 break
-    out = export_consolidated(path, args.out)
+    out = export_checkpoint(path, args.out)
     print(f"wrote the consolidated policy of {path} to {out} (from_pretrained and "
           f"`pivotal eval --model {out}` load it)")
     return 0
@@ -213,10 +213,11 @@ def build_parser() -> argparse.ArgumentParser:
     for module in (cli_analyze, cli_cross_sample, cli_report):
         module.add_parser(sub)
 
-    x = sub.add_parser("export", help="a sharded (data-parallel) checkpoint as one Hugging Face "
-                       "model directory")
+    x = sub.add_parser("export", help="a sharded (data-parallel) or LoRA checkpoint as one plain "
+                       "Hugging Face model directory")
     x.add_argument("checkpoint", help="a checkpoint directory, or a run directory (its latest)")
-    x.add_argument("--out", help="output directory (default: into the checkpoint itself)")
+    x.add_argument("--out", help="output directory (default: into a sharded checkpoint itself; "
+                   "<checkpoint>/merged for LoRA)")
     x.set_defaults(fn=cmd_export)
 
     pl = sub.add_parser("plot", help="training curves of a run as a PNG")

@@ -47,6 +47,19 @@ DEMO_TASK_OPTIONS = {"levels": [{"ops": ["+"], "digits": 2},
 
 
 @dataclass
+class LoraConfig:
+    r: int = _f(0, "LoRA rank (arXiv 2106.09685, through peft); 0 = full fine-tuning. With r > 0 "
+                "only the adapters train, checkpoints hold only them, and the reference "
+                "'initial' is the base model with the adapters switched off (no second copy).")
+    alpha: float = _f(16.0, "LoRA scaling numerator: the update is (alpha / r) * B @ A.")
+    dropout: float = _f(0.0, "Dropout on the adapters' input while training. 0 by default: the "
+                        "rollout and pi_old recompute run without dropout, so any would make "
+                        "the first mini-batch's ratio differ from 1.")
+    target_modules: list = _f(["all-linear"], "Module names (or name suffixes) that get adapters; "
+                              "['all-linear'] = every linear layer but the LM head.")
+
+
+@dataclass
 class ModelConfig:
     name: str = _f("smollm2-135m", "'smollm2-135m' (built in), 'tiny-random' (tests), a local HF "
                    "model directory, or a hub id already in the local HF cache.")
@@ -59,6 +72,7 @@ class ModelConfig:
                         "methods that read one (owpo, divergence): 'initial' (a copy of the "
                         "starting policy), 'none' (never load one), or another model spec "
                         "sharing the policy's tokenizer.")
+    lora: LoraConfig = field(default_factory=LoraConfig, metadata={"help": "LoRA adapters."})
 
 
 @dataclass
@@ -146,7 +160,8 @@ class AlgoConfig:
 @dataclass
 class OptimConfig:
     lr: float = _f(1e-5, "AdamW learning rate. 1e-5 suits a 135M model over tens of steps; "
-                   "larger models usually want 1e-6.")
+                   "larger models usually want 1e-6. LoRA wants about 10x its full "
+                   "fine-tuning lr.")
     weight_decay: float = _f(0.0, "AdamW weight decay.")
     betas: list = _f([0.9, 0.999], "AdamW betas.")
     warmup_steps: int = _f(0, "Linear LR warmup, in optimizer steps.")
@@ -336,6 +351,17 @@ def load_config(path: str | Path | None = None, overrides: list[str] = (),
     return cfg
 
 
+def config_from_dict(data: dict, where: str = "config") -> Config:
+    """A Config from `Config.to_dict()` output (e.g. a checkpoint's), unvalidated: plugins it
+    names need not be importable to read it. Keys added since it was written take defaults."""
+    cfg = Config()
+    try:
+        _apply(cfg, data, "")
+    except ConfigError as e:
+        raise ConfigError(f"{where}: {e}") from None
+    return cfg
+
+
 def resolve_config(cfg: Config) -> None:
     """The one step that changes a config: import `train.plugins` (their registrations must exist
     before names are checked) and turn `rollout.engine=auto` into the engine that is installed
@@ -363,14 +389,22 @@ def save_config(cfg: Config, path: str | Path) -> None:
 def describe_keys() -> str:
     """Every config key with its default and help text, for `pivotal config --keys`."""
     lines = []
-    for section in dataclasses.fields(Config):
-        lines.append(f"{section.name}:")
-        for f in dataclasses.fields(section.default_factory()):
-            default = getattr(section.default_factory(), f.name)
+
+    def describe(section, indent: str) -> None:
+        for f in dataclasses.fields(section):
+            default = getattr(section, f.name)
+            if dataclasses.is_dataclass(default):  # a nested section (model.lora)
+                lines.append(f"{indent}{f.name}:")
+                describe(default, indent + "  ")
+                continue
             help_text = f.metadata.get("help", "")
             if f.metadata.get("registry"):
                 names = _registry(f.metadata["registry"]).names()
                 extra = ["all"] if f.metadata["registry"] == "labels" else []
                 help_text += f" Known: {', '.join(extra + names)}."
-            lines.append(f"  {f.name} = {default!r}\n      {help_text}")
+            lines.append(f"{indent}{f.name} = {default!r}\n{indent}    {help_text}")
+
+    for section in dataclasses.fields(Config):
+        lines.append(f"{section.name}:")
+        describe(section.default_factory(), "  ")
     return "\n".join(lines)

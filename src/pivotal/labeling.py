@@ -26,12 +26,13 @@ class ActiveLabels:
         self.extract = tuple(extract)
 
     def __call__(self, texts: list[str], problems: list, true_rewards: torch.Tensor,
-                 group_ids: torch.Tensor) -> tuple[torch.Tensor, dict]:
+                 group_ids: torch.Tensor, runtime=None) -> tuple[torch.Tensor, dict]:
         """(B,) training rewards and the label metrics (labels_queried, pseudo_label_accuracy).
 
         The training signal reads the truth only for the chosen groups (and for choosing, where
         the selector says so). The pseudo-label accuracy uses the truth for every group, as a
-        diagnostic only.
+        diagnostic only. With data parallelism (`runtime`) the budget is a share of every rank's
+        groups together (`select_over_ranks`), not of each rank's.
         """
         if any(p.reward != "math" for p in problems):
             raise DataError(f"reward.labels={self.selector} needs answer-type problems (reward "
@@ -47,11 +48,33 @@ class ActiveLabels:
         pseudo = torch.zeros(len(texts))
         pseudo[[i for i, p in enumerate(pseudo_problems) if p is not None]] = torch.tensor(
             [s["reward"] for s in scored], dtype=torch.float32)
-        queried = self.select(true_rewards, pseudo, answers, group_ids, self.budget)
+        if runtime is not None and runtime.active:
+            parts = runtime.gather_objects((true_rewards, pseudo, answers, group_ids))
+            queried = select_over_ranks(self.select, parts, runtime.rank, self.budget)
+        else:
+            queried = self.select(true_rewards, pseudo, answers, group_ids, self.budget)
         truth = {g: p.answer for p, g in zip(problems, gids)}
         metrics = {"labels_queried": len(queried),
                    "pseudo_label_accuracy": pseudo_label_accuracy(majority, truth)}
         return training_rewards(true_rewards, pseudo, group_ids, queried), metrics
+
+
+def select_over_ranks(select, parts: list[tuple], rank: int, budget: float) -> set[int]:
+    """Run `select` once over every rank's groups and return the chosen groups of `rank`, in its
+    own group ids. parts[r] = (true_rewards, pseudo_rewards, answers, group_ids) of rank r, whose
+    group ids run from 0; rank r's groups become r's offset + id, so that with consecutive slices
+    of the stream the choice (ties by id) is the one process's on the same rows. Every rank
+    computes the same choice from the same gathered inputs."""
+    offsets, ids = [], []
+    offset = 0
+    for _, _, _, group_ids in parts:
+        offsets.append(offset)
+        ids.append(group_ids + offset)
+        offset += int(group_ids.max()) + 1 if len(group_ids) else 0
+    chosen = select(torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts]),
+                    [a for p in parts for a in p[2]], torch.cat(ids), budget)
+    end = offsets[rank + 1] if rank + 1 < len(parts) else offset
+    return {g - offsets[rank] for g in chosen if offsets[rank] <= g < end}
 
 
 def build_active_labels(reward_cfg, scorer: RewardScorer) -> ActiveLabels | None:

@@ -87,15 +87,17 @@ def group_metrics(batch) -> dict:
             "zero_variance_groups": group_stats(batch.rewards, batch.group_ids)["zero_variance_frac"]}
 
 
-SUMMED_METRICS = ("tokens", "labels_queried", "labels_queried_total")
+SUMMED_METRICS = ("tokens", "labels_queried")
+SHARED_METRICS = ("labels_queried_total",)  # already over every rank: the same on each
 
 
 def merge_rank_metrics(parts: list[tuple[dict, float]]) -> dict:
     """One step's metrics of every data-parallel rank -> the step's metrics, as one process with
     all ranks' rows would have logged them. `parts` holds (metrics, rows) per rank in rank order.
 
-    Counts (`SUMMED_METRICS`) add; `*_max` take the max and `*_min` the min; `time_*` take the
-    slowest rank (the step waits for it); other numbers are means weighted by the rank's rows;
+    Counts (`SUMMED_METRICS`) add; totals already reduced (`SHARED_METRICS`) are kept; `*_max`
+    take the max and `*_min` the min; `time_*` take the slowest rank (the step waits for it);
+    other numbers are means weighted by the rank's rows;
     anything else (a cause string) is the first rank's. Metrics the update already reduced over
     ranks are the same on every rank, so any of these rules keeps them.
     """
@@ -108,6 +110,8 @@ def merge_rank_metrics(parts: list[tuple[dict, float]]) -> dict:
             merged[key] = values[0]
         elif key in SUMMED_METRICS:
             merged[key] = sum(values)
+        elif key in SHARED_METRICS:
+            merged[key] = values[0]
         elif key.endswith("_max") or key.startswith("time_"):
             merged[key] = max(values)
         elif key.endswith("_min"):

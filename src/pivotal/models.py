@@ -123,6 +123,11 @@ def _from_pretrained(spec: str, dtype: torch.dtype):
 
     path = Path(spec).expanduser()
     if path.exists():
+        if (path / "adapter_config.json").exists() and not (path / "model.safetensors").exists():
+            merged = path / "merged"
+            hint = (f"load its merged export {merged}" if (merged / "model.safetensors").exists()
+                    else f"write the merged model with: pivotal export {path}")
+            raise ModelLoadError(f"'{path}' is a LoRA adapter checkpoint (adapters only); {hint}")
         if not (path / "config.json").exists():
             raise ModelLoadError(f"model directory '{path}' has no config.json: not a saved HF model")
         if (path / "dcp").is_dir() and not any(path.glob("*.safetensors")):

@@ -81,12 +81,14 @@ class ShiftMonitor:
         return out
 
 
-def build_shift_monitor(train_cfg, model, reference, reference_is_initial: bool):
+def build_shift_monitor(train_cfg, model, reference, reference_is_initial: bool, initial=None):
     """The monitor when `train.shift_monitor` is on (else None). It reuses the frozen reference
-    when that is the initial policy and never moves; otherwise it keeps its own frozen copy."""
+    when that is the initial policy and never moves; otherwise it reads `initial` (a free view of
+    the initial policy: LoRA's base model) or keeps its own frozen copy of `model`."""
     if not train_cfg.shift_monitor:
         return None
     if reference is not None and reference_is_initial:
         return ShiftMonitor(reference, train_cfg.shift_monitor_rows, train_cfg.shift_thresholds, True)
-    initial = copy.deepcopy(model).eval().requires_grad_(False)
+    if initial is None:
+        initial = copy.deepcopy(model).eval().requires_grad_(False)
     return ShiftMonitor(initial, train_cfg.shift_monitor_rows, train_cfg.shift_thresholds, False)

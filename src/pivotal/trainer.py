@@ -16,6 +16,10 @@ each step's prompts (a rank-disjoint slice of the stream) with its own colocated
 reduces every normaliser over ranks. Under FSDP2 the engine and the no-grad policy passes read a
 whole replica of the policy, refreshed from the shards one tensor at a time after every update.
 Rank 0 alone prints and writes; the ranks agree on every stop and save at step boundaries.
+
+The models themselves (policy, LoRA adapters, wrapper, replica, reference) come from
+`pivotal.policy`; with LoRA, checkpoints hold the adapters and the end of a run writes the merged
+model (`pivotal.export`).
 """
 
 from __future__ import annotations
@@ -37,23 +41,20 @@ from .algos import (
     dynamic_sampling_mask,
     overlong_penalty,
 )
-from .auxiliary import build_auxiliary_losses
 from .batch import RolloutBatch
 from .config import Config, resolve_config, save_config
 from .distributed import (
-    TrainedModules,
     check_same_config,
     copy_full_parameters,
     init_runtime,
     is_sharded,
-    main_first,
     rank_device,
     shutdown,
     unwrapped,
-    wrap_for_training,
 )
 from .errors import CheckpointError, NonFiniteError
 from .evaluate import evaluate, merge_eval_summaries
+from .export import export_checkpoint
 from .interrupts import GracefulInterrupts, RunInterrupted
 from .labeling import build_active_labels
 from .metrics import (
@@ -64,16 +65,15 @@ from .metrics import (
     group_metrics,
     merge_rank_metrics,
 )
-from .models import load_model, load_reference
 from .plots import plot_run
+from .policy import build_policy_models, reference_ratchets
 from .rewards import build_scorer
 from .rollout import SamplingParams, build_engine
-from .safety import CheckpointClock, StepChecks, check_finite_weights, low_precision_warning
-from .shift_monitor import build_shift_monitor
+from .safety import CheckpointClock, StepChecks, check_finite_weights
 from .step_inputs import StepInputs
 from .tasks import build_task, format_prompt
-from .update import PolicyUpdate, seed_for
-from .validation import reference_users, validate_config
+from .update import PolicyUpdate, seed_for, trainable_parameters
+from .validation import validate_config
 
 log = logging.getLogger("pivotal.trainer")
 
@@ -104,38 +104,15 @@ class Trainer:
         self.task = build_task(cfg.task.name, **cfg.task.options)
         self.scorer = build_scorer(cfg.reward.components, cfg.reward.extract, cfg.reward.timeout_s)
         self.active_labels = build_active_labels(cfg.reward, self.scorer)
-        device = rank_device(cfg.model.device, rt)
-        with main_first(rt):  # rank 0 fills the model cache; the others then read it
-            self.model, self.tokenizer = load_model(cfg.model.name, device, cfg.model.dtype,
-                                                    cfg.model.cache_dir, seed=cfg.train.seed)
+        models = build_policy_models(cfg, rt, rank_device(cfg.model.device, rt))
+        self.model, self.tokenizer, self.adapters = models.model, models.tokenizer, models.adapters
+        self.auxiliary, self.trained, self.whole_policy = models.auxiliary, models.trained, models.whole_policy
+        self.ref_model, self.shift_monitor = models.ref_model, models.shift_monitor
         self.device = next(self.model.parameters()).device
-        if cfg.model.gradient_checkpointing:
-            self.model.gradient_checkpointing_enable()
-        # a reference model is loaded only when something reads it (a KL term or the credit);
-        # every rank holds a whole replica of it
-        self.ref_model = (load_reference(cfg.model.reference, self.model, self.tokenizer, cfg.model)
-                          if reference_users(cfg) else None)
-        self.auxiliary = build_auxiliary_losses(cfg, self.model)
-        if rt.is_main and (warning := low_precision_warning(self.model.parameters(), cfg.optim.lr,
-                                                             cfg.model.dtype)):
-            log.warning(warning)
-        self.trained = wrap_for_training(TrainedModules(self.model, self.auxiliary), rt,
-                                         cfg.dist.strategy, cfg.dist.cpu_offload,
-                                         cfg.dist.mixed_precision)
-        # the whole policy the engine and the no-grad passes read: the policy itself, or under
-        # FSDP2 a replica (its weights are refreshed from the shards before every rollout)
-        self.whole_policy = self.model
-        if is_sharded(self.trained):
-            self.whole_policy = load_model(cfg.model.name, device, cfg.model.dtype,
-                                           cfg.model.cache_dir, seed=cfg.train.seed)[0]
-            self.whole_policy.eval().requires_grad_(False)
-            copy_full_parameters(self.model, self.whole_policy)
-        self.shift_monitor = build_shift_monitor(cfg.train, self.whole_policy, self.ref_model,
-                                                 cfg.model.reference == "initial" and not self._ratchets())
         self.engine = build_engine(self.whole_policy, self.tokenizer, cfg.rollout,
                                    seed_for(cfg.train.seed, rt.rank) if rt.active else cfg.train.seed)
         self.engine_stale = False  # the policy changed since the engine last took its weights
-        self.optimizer = torch.optim.AdamW(list(self.trained.parameters()),
+        self.optimizer = torch.optim.AdamW(trainable_parameters(self.trained),
                                            lr=cfg.optim.lr, betas=tuple(cfg.optim.betas),
                                            weight_decay=cfg.optim.weight_decay)
         warmup = cfg.optim.warmup_steps
@@ -189,8 +166,9 @@ class Trainer:
         batch.correct = torch.tensor([s["correct"] for s in scores], dtype=torch.bool)
         if self.active_labels is not None:
             batch.rewards, state.label_metrics = self.active_labels(texts, expanded, batch.rewards,
-                                                                    batch.group_ids)
-            self.labels_queried += state.label_metrics["labels_queried"]
+                                                                    batch.group_ids, rt)
+            # the run's total over every rank, the same on each (what a checkpoint keeps)
+            self.labels_queried += int(rt.sum_floats(state.label_metrics["labels_queried"])[0])
             state.label_metrics["labels_queried_total"] = self.labels_queried
         if cfg.reward.overlong_buffer > 0:
             batch.rewards = batch.rewards + overlong_penalty(
@@ -304,12 +282,10 @@ class Trainer:
         return summary
 
     # ------------------------------------------------------------------ checkpoints
-    def _ratchets(self) -> bool:
-        return bool(self.cfg.algo.reference_ratchet_every or self.cfg.algo.reference_ratchet_on_eval)
-
     def save(self) -> Path:
         """Checkpoint the current step atomically (never from non-finite weights): one directory
-        a plain `from_pretrained` loads in one process, DCP shards from every rank with several."""
+        a plain `from_pretrained` loads in one process (with LoRA: peft's adapter directory), DCP
+        shards from every rank with several (with LoRA: of the trainable tensors only)."""
         rt = self.runtime
         if not rt.active:
             check_finite_weights([self.model, *self.auxiliary], self.step)
@@ -325,16 +301,19 @@ class Trainer:
         state = {"step": self.step, "cursor": self.cursor, "scheduler": self.scheduler.state_dict(),
                  "history": self.history, "config": self.cfg.to_dict(),
                  "labels_queried": self.labels_queried}
-        if self.ref_model is not None and self._ratchets():  # the reference moved: keep it
+        if self.ref_model is not None and reference_ratchets(self.cfg):  # the reference moved: keep it
             state["reference"] = {k: v.detach().cpu() for k, v in self.ref_model.state_dict().items()}
         if rt.active:  # the auxiliary heads are in the DCP shards with the policy
             return sharded.save_sharded(self.ckpt_dir, self.step, unwrapped(self.trained),
                                         self.optimizer, state, {"rng": ckpt.rng_state()},
-                                        self.tokenizer, rt, keep=self.cfg.train.keep_checkpoints)
+                                        self.tokenizer, rt, keep=self.cfg.train.keep_checkpoints,
+                                        trainable_only=self.adapters is not None)
         state.update({"optimizer": self.optimizer.state_dict(), "rng": ckpt.rng_state()})
         for aux in self.auxiliary:
             state[aux.checkpoint_key] = aux.checkpoint_state()
-        return ckpt.save_checkpoint(self.ckpt_dir, self.step, self.model, self.tokenizer, state,
+        # with LoRA the adapters alone (peft's adapter directory); else the whole policy
+        saved = self.adapters.peft_model if self.adapters is not None else self.model
+        return ckpt.save_checkpoint(self.ckpt_dir, self.step, saved, self.tokenizer, state,
                                     keep=self.cfg.train.keep_checkpoints)
 
     def resume(self) -> bool:
@@ -346,7 +325,8 @@ class Trainer:
             return False
         rt = self.runtime
         if sharded.is_sharded_checkpoint(path):
-            state, own = sharded.load_sharded(path, unwrapped(self.trained), self.optimizer, rt)
+            state, own = sharded.load_sharded(path, unwrapped(self.trained), self.optimizer, rt,
+                                              trainable_only=self.adapters is not None)
             if own is not None:
                 ckpt.set_rng_state(own["rng"])
             else:
@@ -357,7 +337,10 @@ class Trainer:
                 raise CheckpointError(f"{path} is a single-process checkpoint; resume it in one "
                                       f"process or with dist.strategy=ddp")
             state = ckpt.load_trainer_state(path)
-            ckpt.load_model_weights(path, self.model, self.cfg.model.name)
+            if self.adapters is not None:
+                self.adapters.load(path)
+            else:
+                ckpt.load_model_weights(path, self.model, self.cfg.model.name)
             for aux in self.auxiliary:
                 aux.load_checkpoint_state(state.get(aux.checkpoint_key), path)
             self.optimizer.load_state_dict(state["optimizer"])
@@ -479,9 +462,9 @@ class Trainer:
                 raise RunInterrupted(stop)
         final = ckpt.latest_checkpoint(self.ckpt_dir)
         summary = {"steps": self.step, "final_checkpoint": str(final), **self.history}
-        if rt.active:  # the final policy as one Hugging Face directory, beside its shards
+        if rt.active or self.adapters is not None:  # the final policy as one plain HF directory
             if rt.is_main and final is not None:
-                say(f"consolidated export: {sharded.export_consolidated(final)}")
+                say(f"consolidated export: {export_checkpoint(final)}")
             rt.barrier()
         if not rt.is_main:
             return summary

@@ -65,9 +65,10 @@ class Mismatch:
                 "sampler_logprob_diff_max": self.largest}
 
 
-def trainable_parameters(model, auxiliary: list) -> list[torch.nn.Parameter]:
-    """What the optimizer steps: the policy's parameters, then the auxiliary losses'."""
-    return list(model.parameters()) + [p for aux in auxiliary for p in aux.parameters()]
+def trainable_parameters(module: torch.nn.Module) -> list[torch.nn.Parameter]:
+    """What the optimizer steps: the parameters that train (with LoRA, the adapters and the
+    auxiliary heads; otherwise all of them), in module order."""
+    return [p for p in module.parameters() if p.requires_grad]
 
 
 class PolicyUpdate:
@@ -96,7 +97,7 @@ class PolicyUpdate:
         self.credit_statistics = getattr(self.credit, "minibatch_statistics", None)
         self.want_states = any(aux.needs_hidden_states for aux in auxiliary)
         self.device = next(model.parameters()).device
-        self.params = list(self.trained.parameters())
+        self.params = trainable_parameters(self.trained)
 
     def __call__(self, batch: RolloutBatch, step: int) -> dict:
         """Every optimizer step of training step `step` over `batch`. Returns the metrics averaged

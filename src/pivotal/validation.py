@@ -119,6 +119,7 @@ def validate_config(cfg: Config) -> None:
         raise ConfigError(f"reward.label_budget must be in [0, 1], got {cfg.reward.label_budget}")
     _check_reference(cfg)
     _check_dist(cfg)
+    _check_lora(cfg)
     if cfg.train.shift_monitor_rows < 0:
         raise ConfigError(f"train.shift_monitor_rows must be >= 0, got {cfg.train.shift_monitor_rows}")
     if not all(isinstance(t, (int, float)) and t > 0 for t in cfg.train.shift_thresholds):
@@ -198,6 +199,23 @@ def _check_dist(cfg: Config) -> None:
         raise ConfigError("algo.mtp_heads (OCC) with dist.strategy=fsdp is not supported yet: its "
                           "mini-batch statistics run the sharded policy outside the training "
                           "forward; use dist.strategy=ddp")
+
+
+def _check_lora(cfg: Config) -> None:
+    lora = cfg.model.lora
+    _positive(lora.r, "model.lora.r", allow_zero=True)
+    if lora.r == 0:
+        return
+    _positive(lora.alpha, "model.lora.alpha")
+    if not 0 <= lora.dropout < 1:
+        raise ConfigError(f"model.lora.dropout must be in [0, 1), got {lora.dropout}")
+    targets = lora.target_modules
+    if not targets or not all(isinstance(t, str) and t for t in targets):
+        raise ConfigError(f"model.lora.target_modules must be a non-empty list of module names, "
+                          f"got {targets!r}")
+    import importlib.util
+    if importlib.util.find_spec("peft") is None:
+        raise ConfigError("model.lora.r > 0 needs peft: pip install peft")
 
 
 def _check_reference(cfg: Config) -> None:

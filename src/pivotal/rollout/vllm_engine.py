@@ -36,6 +36,7 @@ import numpy as np
 import torch
 
 from pivotal.batch import RolloutBatch
+from pivotal.lora import merged_weights
 from pivotal.models import eos_token_ids
 from pivotal.rollout.base import SamplingParams, assemble_batch
 
@@ -91,10 +92,13 @@ class VLLMEngine:
         self.sync_weights(model)
 
     def sync_weights(self, model) -> None:
-        """Copy the policy's current weights into vLLM's model in place (no disk)."""
+        """Copy the policy's current weights (LoRA adapters merged in) into vLLM's model in place
+        (no disk)."""
         t0 = time.perf_counter()
-        weights = [(name, tensor.detach()) for name, tensor in model.state_dict().items()]
-        self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": weights})
+        # a LoRA policy goes over merged (W + delta), under the plain model's names: vLLM's model
+        # has no adapter layers, and one path serves full fine-tuning and LoRA. A generator: one
+        # merged tensor exists at a time (vLLM runs in this process, so nothing is pickled)
+        self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": merged_weights(model)})
         self.llm.reset_prefix_cache()  # cached prompt KV was computed with the old weights
         self.sync_seconds.append(time.perf_counter() - t0)
 
