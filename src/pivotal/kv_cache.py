@@ -23,7 +23,8 @@ def _cache_argument(forward_owner: type) -> str:
 def with_cache(model, cache_object) -> dict:
     """The keyword argument that hands `cache_object` to `model`'s forward. The class is read off
     the bound forward, so a stand-in for a model (`pivotal.lora.BaseModelView`) answers for it."""
-    return {_cache_argument(type(model.forward.__self__)): cache_object}
+    owner = getattr(model.forward, "__self__", model)  # a patched forward: the model itself
+    return {_cache_argument(type(owner)): cache_object}
 
 
 def returned_cache(output):
