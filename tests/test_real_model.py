@@ -99,9 +99,14 @@ def test_real_model_trains_lora_adapters(tmp_path):
     mask = torch.cat([batch.prompt_mask, batch.response_mask.long()], dim=1)[:2]
     trainer.model.eval()
     with torch.no_grad():
-        torch.testing.assert_close(merged(input_ids=ids, attention_mask=mask).logits,
-                                   trainer.model(input_ids=ids, attention_mask=mask).logits,
-                                   rtol=0, atol=1e-4)
+        merged_logp = merged(input_ids=ids, attention_mask=mask).logits.log_softmax(-1)
+        policy_logp = trainer.model(input_ids=ids, attention_mask=mask).logits.log_softmax(-1)
+        base_logp = trainer.ref_model(input_ids=ids, attention_mask=mask).logits.log_softmax(-1)
+    # Merging W + BA once rounds differently from x W + (x A) B: float32 noise of ~1e-4 on
+    # log-probs of magnitude ~10, so the bound is 1e-3; the trained adapters move them further.
+    torch.testing.assert_close(merged_logp, policy_logp, rtol=0, atol=1e-3)
+    if any(r["zero_variance_groups"] < 1 for r in rows):  # the adapters learned: 1e-3 is tight
+        assert (policy_logp - base_logp).abs().max().item() > 1e-2
 
 
 @pytest.mark.slow
