@@ -112,17 +112,26 @@ def cmd_eval(args) -> int:
     model, tokenizer = load_model(cfg.model.name, cfg.model.device, cfg.model.dtype,
                                   cfg.model.cache_dir)
     extrapolation = extrapolation_engine_from_args(args, model, tokenizer)  # None: plain decoding
-    if extrapolation is not None and cfg.rollout.engine == "vllm":
+    if extrapolation is not None and cfg.rollout.engine in ("vllm", "vllm_server"):
         print("note: extrapolated decoding combines two models' logits token by token, which only "
-              "the transformers engine does; rollout.engine=vllm is not used for it",
+              f"the transformers engine does; rollout.engine={cfg.rollout.engine} is not used for it",
               file=sys.stderr)
-    engine = extrapolation or build_engine(model, tokenizer, cfg.rollout, cfg.train.seed)
-    summary, records = evaluate(model, tokenizer, problems, n_samples=cfg.eval.n_samples,
-                                temperature=cfg.eval.temperature,
-                                max_new_tokens=cfg.eval.max_new_tokens,
-                                batch_size=cfg.eval.batch_size, instruction=cfg.task.instruction,
-                                system_prompt=cfg.task.system_prompt, seed=cfg.train.seed,
-                                engine=engine, keep_partial=True)
+    # A local vLLM server (rollout.engine=vllm_server) keeps its log and weights under --out, and
+    # is stopped however the evaluation ends.
+    engine = extrapolation or build_engine(model, tokenizer, cfg.rollout, cfg.train.seed,
+                                           output_dir=args.out)
+    try:
+        summary, records = evaluate(model, tokenizer, problems, n_samples=cfg.eval.n_samples,
+                                    temperature=cfg.eval.temperature,
+                                    max_new_tokens=cfg.eval.max_new_tokens,
+                                    batch_size=cfg.eval.batch_size,
+                                    instruction=cfg.task.instruction,
+                                    system_prompt=cfg.task.system_prompt, seed=cfg.train.seed,
+                                    engine=engine, keep_partial=True)
+    finally:
+        close_engine = getattr(engine, "close", None)
+        if close_engine is not None:
+            close_engine()
     if extrapolation is not None:
         summary["extrapolation"] = {"base": args.extrapolate_base, "gamma": args.gamma,
                                     "tau": args.tau, "where": args.extrapolate_where,

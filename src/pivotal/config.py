@@ -88,9 +88,34 @@ class TaskConfig:
 class RolloutConfig:
     engine: str = _f("transformers", "Rollout engine: transformers (shares the policy's weights) "
                      "| vllm (pip install 'pivotal[vllm]'; weights synced in place every step) | "
-                     "auto (vllm when installed, else transformers).")
-    vllm_max_model_len: int = _f(2048, "vllm: longest prompt + response, in tokens.")
-    vllm_kv_cache_gb: float = _f(1.0, "vllm: memory reserved for its KV cache, GiB.")
+                     "vllm_server (`vllm serve` processes, weights pushed every step; "
+                     "docs/scaling.md) | auto (vllm when installed, else transformers).")
+    vllm_max_model_len: int = _f(2048, "vllm, vllm_server (local): longest prompt + response, "
+                                 "in tokens.")
+    vllm_kv_cache_gb: float = _f(1.0, "vllm, vllm_server (local): memory reserved for its KV "
+                                 "cache, GiB.")
+    server_urls: list = _f([], "vllm_server: base URLs of running servers (http://host:8000); "
+                           "prompts are spread over them. Empty: pivotal starts one on this "
+                           "machine and stops it when the run ends.")
+    server_weight_sync: str = _f("filesystem", "vllm_server: how new weights reach the servers: "
+                                 "filesystem (safetensors in server_weight_dir, loaded by the "
+                                 "worker extension).")
+    server_weight_dir: str | None = _f(None, "vllm_server: directory for the pushed weights, "
+                                       "readable by every server (default <output_dir>/"
+                                       "vllm_weights); only the latest version is kept.")
+    server_timeout_s: float = _f(600.0, "vllm_server: seconds one request may take.")
+    server_retries: int = _f(3, "vllm_server: retries of a failed or timed-out request "
+                             "(backoff 1, 2, 4 s, ...) before the run stops naming the URL.")
+    server_startup_timeout_s: float = _f(900.0, "vllm_server (local): seconds to wait for the "
+                                         "server pivotal starts to be ready.")
+    server_python: str | None = _f(None, "vllm_server (local): the Python that runs the server "
+                                   "(one with vLLM and pivotal installed); default: this one.")
+    server_args: list = _f([], "vllm_server (local): extra `vllm serve` arguments, e.g. "
+                           "['--tensor-parallel-size', '2'].")
+    gap_warn: float = _f(0.05, "Warn when a step's mean sampler/trainer log-prob gap "
+                         "(sampler_logprob_diff, nats) exceeds this: the sampler is not running "
+                         "the trainer's weights (a failed sync) or runs them at low precision. "
+                         "0: off.")
     prompts_per_step: int = _f(4, "Prompts sampled per training step.")
     group_size: int = _f(8, "Responses per prompt (G). GRPO paper: 64; 8-16 is common.")
     max_new_tokens: int = _f(48, "Response length cap (L_max).")

@@ -47,3 +47,8 @@ class RanksLost(PivotalError):
             f"launcher's report names the rank that failed first (torchrun: 'Root Cause'). "
             f"Resume from the last "
             f"checkpoint with: pivotal train {output_dir}/config.yaml --resume")
+
+
+class RolloutServerError(PivotalError, RuntimeError):
+    """A vLLM rollout server is down, too slow or refused a request (after a bounded retry), or a
+    weight push failed; the message names the URL and what was asked of it."""

@@ -88,7 +88,7 @@ def group_metrics(batch) -> dict:
 
 
 SUMMED_METRICS = ("tokens", "labels_queried")
-SHARED_METRICS = ("labels_queried_total",)  # already over every rank: the same on each
+SHARED_METRICS = ("labels_queried_total", "sync_bytes")  # already over every rank: the same on each
 
 
 def merge_rank_metrics(parts: list[tuple[dict, float]]) -> dict:

@@ -85,6 +85,7 @@ class StepState:
     seconds: dict[str, float] = field(default_factory=lambda: dict.fromkeys(
         ("sync", "generate", "score", "train"), 0.0))
     label_metrics: dict = field(default_factory=dict)
+    sync_metrics: dict = field(default_factory=dict)  # bytes the engine's weight sync moved
 
     def timing_metrics(self) -> dict[str, float]:
         return {f"time_{k}": v for k, v in self.seconds.items()}
@@ -110,7 +111,8 @@ class Trainer:
         self.ref_model, self.shift_monitor = models.ref_model, models.shift_monitor
         self.device = next(self.model.parameters()).device
         self.engine = build_engine(self.whole_policy, self.tokenizer, cfg.rollout,
-                                   seed_for(cfg.train.seed, rt.rank) if rt.active else cfg.train.seed)
+                                   seed_for(cfg.train.seed, rt.rank) if rt.active else cfg.train.seed,
+                                   output_dir=str(self.out_dir), runtime=rt)
         self.engine_stale = False  # the policy changed since the engine last took its weights
         self.optimizer = torch.optim.AdamW(trainable_parameters(self.trained),
                                            lr=cfg.optim.lr, betas=tuple(cfg.optim.betas),
@@ -129,7 +131,10 @@ class Trainer:
         self._interrupts: GracefulInterrupts | None = None  # set while train() runs
 
     def close(self) -> None:
-        """Leave the process group (data parallelism); nothing in one process."""
+        """Stop what the engine started (a local vLLM server) and leave the process group."""
+        close_engine = getattr(self.engine, "close", None)
+        if close_engine is not None:
+            close_engine()
         shutdown(self.runtime)
 
     # ------------------------------------------------------------------ rollout and scoring
@@ -144,9 +149,15 @@ class Trainer:
         self.engine_stale = False
         return time.perf_counter() - t0
 
+    def _sync_metrics(self) -> dict:
+        """`sync_bytes` of the engine's last weight sync, for engines that copy weights."""
+        moved = getattr(self.engine, "sync_bytes", None)
+        return {"sync_bytes": moved[-1]} if moved else {}
+
     def _sample_round(self, round_index: int, group_offset: int, state: StepState) -> RolloutBatch:
         cfg, r, rt = self.cfg, self.cfg.rollout, self.runtime
         state.seconds["sync"] += self.sync_engine()
+        state.sync_metrics = self._sync_metrics()
         share = r.prompts_per_step // rt.world  # this rank's slice of the step's prompts
         first = self.cursor + rt.rank * share
         problems = [self.task.train_problem(first + i) for i in range(share)]
@@ -215,9 +226,10 @@ class Trainer:
     def train_step(self) -> dict:
         """One step; its metrics over every rank's rows."""
         metrics, rows = self._train_step()
-        if not self.runtime.active:
-            return metrics
-        return merge_rank_metrics(self.runtime.gather_objects((metrics, rows)))
+        if self.runtime.active:
+            metrics = merge_rank_metrics(self.runtime.gather_objects((metrics, rows)))
+        self._warn_on_gap(metrics)
+        return metrics
 
     def _train_step(self) -> tuple[dict, int]:
         state = StepState()
@@ -247,8 +259,17 @@ class Trainer:
         n_tokens = batch.response_mask.sum().item()
         metrics.update({"lr": self.scheduler.get_last_lr()[0], "tokens": n_tokens,
                         "tokens_per_s": n_tokens / max(total, 1e-9), "time_step": total,
-                        **state.timing_metrics()})
+                        **state.timing_metrics(), **state.sync_metrics})
         return metrics, batch.size
+
+    def _warn_on_gap(self, metrics: dict) -> None:
+        """A sampler whose log-probs stray from the trainer's is not running its weights."""
+        r, gap = self.cfg.rollout, metrics.get("sampler_logprob_diff", 0.0)
+        if r.gap_warn and gap > r.gap_warn and self.runtime.is_main:
+            log.warning("step %d: the sampler's log-probs differ from the trainer's by %.3g nats "
+                        "per token on average (rollout.gap_warn=%g): the %s engine is not sampling "
+                        "from the trainer's weights (a stale or failed sync?) or runs them at lower "
+                        "precision", self.step + 1, gap, r.gap_warn, r.engine)
 
     def ratchet_reference(self) -> int:
         """Make the frozen reference the current policy (OWPO's ratchet), copying weights in place

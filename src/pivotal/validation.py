@@ -75,9 +75,10 @@ def validate_config(cfg: Config) -> None:
         raise ConfigError(f"task.options for task '{cfg.task.name}': {e}") from None
     if cfg.model.dtype not in DTYPES:
         raise ConfigError(f"model.dtype '{cfg.model.dtype}' is not one of {', '.join(DTYPES)}")
-    if cfg.rollout.engine not in ("auto", "transformers", "vllm"):
+    if cfg.rollout.engine not in ("auto", "transformers", "vllm", "vllm_server"):
         raise ConfigError(f"rollout.engine '{cfg.rollout.engine}' is not one of: auto, "
-                          f"transformers, vllm")
+                          f"transformers, vllm, vllm_server")
+    _check_servers(cfg.rollout)
     from .rollout.vllm_engine import VLLM_INSTALL_HINT, vllm_available
     if cfg.rollout.engine == "vllm":
         if not vllm_available():
@@ -92,6 +93,7 @@ def validate_config(cfg: Config) -> None:
         raise ConfigError("algo.old_logprobs must be 'rollout' or 'recompute'")
     for path in ("rollout.prompts_per_step", "rollout.group_size", "rollout.max_new_tokens",
                  "rollout.vllm_max_model_len", "rollout.vllm_kv_cache_gb",
+                 "rollout.server_timeout_s", "rollout.server_startup_timeout_s",
                  "optim.lr", "optim.epochs_per_rollout", "optim.mini_batches",
                  "optim.micro_batch_size", "train.steps", "eval.size", "eval.n_samples",
                  "eval.max_new_tokens", "eval.batch_size", "algo.max_sampling_rounds"):
@@ -107,7 +109,7 @@ def validate_config(cfg: Config) -> None:
                  "rollout.temperature", "algo.kl_beta", "algo.entropy_coef",
                  "optim.weight_decay", "optim.max_grad_norm", "train.save_every",
                  "train.eval_every", "reward.overlong_buffer", "optim.warmup_steps",
-                 "algo.reference_ratchet_every"):
+                 "algo.reference_ratchet_every", "rollout.server_retries", "rollout.gap_warn"):
         section, key = path.split(".")
         _positive(getattr(getattr(cfg, section), key), path, allow_zero=True)
     from .algos.labels import LABEL_SELECTORS
@@ -274,3 +276,23 @@ def _dry_run_algorithms(cfg: Config) -> None:
                 batch.advantages = result
 
 
+
+
+def _check_servers(rollout) -> None:
+    """rollout.server_*: URLs that parse, a known weight route, lists where lists belong."""
+    from urllib.parse import urlparse
+
+    from .rollout.weight_sync import WEIGHT_SYNC_ROUTES
+    for key in ("server_urls", "server_args"):
+        if not isinstance(getattr(rollout, key), list):
+            raise ConfigError(f"rollout.{key} must be a list, got {getattr(rollout, key)!r}")
+    for url in rollout.server_urls:
+        parsed = urlparse(str(url))
+        if parsed.scheme not in ("http", "https") or not parsed.netloc:
+            raise ConfigError(f"rollout.server_urls: {url!r} is not an http(s)://host:port URL")
+    if rollout.server_weight_sync not in WEIGHT_SYNC_ROUTES:
+        raise ConfigError(f"rollout.server_weight_sync '{rollout.server_weight_sync}' is not one "
+                          f"of: {', '.join(WEIGHT_SYNC_ROUTES)}")
+    if rollout.server_urls and rollout.engine != "vllm_server":
+        raise ConfigError(f"rollout.server_urls is set but rollout.engine is "
+                          f"'{rollout.engine}'; set rollout.engine=vllm_server to use them")

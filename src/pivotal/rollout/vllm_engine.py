@@ -73,6 +73,7 @@ class VLLMEngine:
         self.tokenizer = tokenizer
         self.eos_ids = eos_token_ids(model, tokenizer)
         self.sync_seconds: list[float] = []  # time of each weight update, for the step metrics
+        self.sync_bytes: list[int] = []  # tensor bytes each update copied
         dtype = str(next(model.parameters()).dtype).removeprefix("torch.")
         # the model's config and tokenizer only: vLLM builds the architecture from them with dummy
         # weights, and the real weights arrive through `sync_weights`
@@ -98,9 +99,18 @@ class VLLMEngine:
         # a LoRA policy goes over merged (W + delta), under the plain model's names: vLLM's model
         # has no adapter layers, and one path serves full fine-tuning and LoRA. A generator: one
         # merged tensor exists at a time (vLLM runs in this process, so nothing is pickled)
-        self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": merged_weights(model)})
+        moved = [0]
+
+        def counted(weights):
+            for name, tensor in weights:
+                moved[0] += tensor.numel() * tensor.element_size()
+                yield name, tensor
+
+        self.llm.collective_rpc("reload_weights",
+                                kwargs={"weights_iterator": counted(merged_weights(model))})
         self.llm.reset_prefix_cache()  # cached prompt KV was computed with the old weights
         self.sync_seconds.append(time.perf_counter() - t0)
+        self.sync_bytes.append(moved[0])
 
     def generate(self, prompts: list[str], num_samples: int, params: SamplingParams,
                  seed: int | None = None) -> tuple[RolloutBatch, list[str]]:
