@@ -258,7 +258,7 @@ def test_vanilla_pg():
     close(lp.grad, [[-1.0, 1.0, 0.0]])
 
 
-@pytest.mark.parametrize("name", ["ppo_clip", "gspo", "vanilla_pg"])
+@pytest.mark.parametrize("name", ["ppo_clip", "gspo", "vanilla_pg", "cispo", "sapo", "gmpo"])
 def test_losses_no_nan_with_padding_garbage(name):
     # padding holds inf / nan log-probs: loss, metrics and gradient stay finite
     lp = torch.tensor([[-1.0, float("inf")], [float("nan"), float("-inf")]], requires_grad=True)
@@ -427,8 +427,9 @@ def test_unknown_name_suggests(registry, typo, right):
 
 def test_registry_contents():
     assert ADVANTAGES.names() == ["dr_grpo", "grpo", "reinforce_pp_baseline", "rloo"]
-    assert LOSSES.names() == ["gspo", "gspo_nsr", "ppo_clip", "ppo_clip_nsr", "vanilla_pg"]
+    assert LOSSES.names() == ["cispo", "gmpo", "gspo", "gspo_nsr", "ppo_clip", "ppo_clip_nsr", "sapo",
+                             "vanilla_pg"]
     assert AGGREGATIONS.names() == ["seq-mean-token-mean", "seq-mean-token-sum",
                                     "seq-mean-token-sum-norm", "token-mean"]
     assert KL_ESTIMATORS.names() == ["k1", "k2", "k3"]
-    assert CREDITS.names() == ["divergence", "dlogp", "fipo", "identity", "owpo"]
+    assert CREDITS.names() == ["divergence", "dlogp", "fipo", "high_entropy", "identity", "owpo"]

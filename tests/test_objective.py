@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from pivotal.algos import LOSSES, ObjectiveConfig, Totals, policy_objective
+from pivotal.algos.correction import RolloutCorrection
 from pivotal.logprobs import logprobs_and_entropy
 from pivotal.trainer import Trainer
 from pivotal.update import PolicyUpdate
@@ -22,7 +23,7 @@ D = torch.float64
 
 # ---------------------------------------------------------------------------- the formula
 def test_objective_matches_the_formula_term_by_term():
-    """L = agg_m'( w_tis * w_tok * l(A * c) + beta * KL - alpha * H ), built by hand."""
+    """L = agg_m'( w_rc * w_tok * l(A * c) + beta * KL - alpha * H ), built by hand."""
     g = torch.Generator().manual_seed(0)
     B, T = 3, 4
     mask = torch.tensor([[1, 1, 1, 1], [1, 1, 0, 0], [1, 1, 1, 0]], dtype=D)
@@ -36,7 +37,8 @@ def test_objective_matches_the_formula_term_by_term():
     ref = old - 0.2 * mask
     entropy = torch.rand(B, T, generator=g, dtype=D) * mask
     cfg = ObjectiveConfig(loss="ppo_clip", aggregation="token-mean", kl_estimator="k1",
-                          kl_coef=0.1, entropy_coef=0.01, tis_cap=1.2)
+                          kl_coef=0.1, entropy_coef=0.01,
+                          correction=RolloutCorrection(mode="truncate", high=1.2))
     totals = Totals(tokens=7.0, seqs=3, max_len=4)
     loss, metrics = policy_objective(cfg, totals, logprobs=lp, old_logprobs=old, advantages=adv,
                                      response_mask=mask, credit=credit, token_weights=w_tok,
@@ -48,7 +50,7 @@ def test_objective_matches_the_formula_term_by_term():
     torch.testing.assert_close(loss, (per_token * m_prime).sum() / 7.0)
     kl_mean = float(((lp.detach() - ref) * mask).sum() / mask.sum())
     assert metrics["kl_ref"] == pytest.approx(kl_mean)
-    assert metrics["tis_capped_frac"] > 0 and metrics["credit_mean"] > 1
+    assert metrics["rc_token_frac"] > 0 and metrics["credit_mean"] > 1
 
 
 # ---------------------------------------------------------------------------- micro-batch invariance

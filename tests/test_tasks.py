@@ -29,7 +29,7 @@ from pivotal.tasks import (
     mawps_task,
     svamp_task,
 )
-from pivotal.tasks.files import clean_number
+from pivotal.tasks.answers import clean_answer
 
 DATA_DIR = Path(os.environ["PIVOTAL_DATA_DIR"]) if os.environ.get("PIVOTAL_DATA_DIR") else None
 
@@ -261,9 +261,9 @@ def test_file_task_gsm8k_format_and_eval_file(tmp_path):
         FileTask(write_jsonl(tmp_path / "x.jsonl", [{"question": "a", "answer": "7"}] * 3), answer_format="gsm8k")
 
 
-def test_clean_number():
-    assert [clean_number(v) for v in (5.0, 0.5, 5, "5.0", " 42 ", "1,000", "-3.50", "1/2", 1e-05, "$5")] == \
-        ["5", "0.5", "5", "5", "42", "1000", "-3.5", "1/2", "0.00001", "$5"]
+def test_clean_answer_numbers():
+    assert [clean_answer(v) for v in (5.0, 0.5, 5, "5.0", " 42 ", "1,000", "-3.50", "1/2", 1e-05, "$5")] == \
+        ["5", "0.5", "5", "5", "42", "1000", "-3.5", "1/2", "0.00001", "5"]
 
 
 def test_file_task_bad_input(tmp_path):

@@ -124,7 +124,7 @@ def test_trainer_runs_grpo_steps_on_vllm(tmp_path):
         assert torch.isfinite(torch.tensor(r["loss"]))
         # the sampler is vLLM with the weights of the step's policy: the gap is numerical only
         assert r["sampler_logprob_diff_max"] < TOLERANCE
-        assert 0.9 < r["tis_weight"] <= 2.0
+        assert 0.9 < r["rc_weight"] <= 2.0
     assert all(r["time_sync"] > 0 for r in rows[1:])  # synced after every update
     # the last update reaches the engine before its next use (here: an explicit sync)
     assert trainer.engine_stale

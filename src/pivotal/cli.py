@@ -211,7 +211,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--data", help="a JSONL/parquet file: evaluate on all of its rows")
     e.add_argument("--question-field", default="question")
     e.add_argument("--answer-field", default="answer")
-    e.add_argument("--answer-format", default="plain", help="plain | gsm8k ('#### N')")
+    e.add_argument("--answer-format", default="plain",
+                   help="plain | gsm8k ('#### N') | text (the field as written, no cleaning)")
     e.add_argument("--limit", type=int, help="evaluate the first N problems (default eval.size)")
     e.add_argument("--out", default="runs/eval", help="output directory")
     e.set_defaults(fn=cmd_eval)

@@ -150,6 +150,17 @@ class RewardConfig:
 
 
 @dataclass
+class RolloutCorrectionConfig:
+    level: str = _f("token", "token: the ratio rho = pi_old / pi_sampler of each token; sequence: "
+                    "the product over the response (one weight for all its tokens).")
+    mode: str = _f("off", "off | truncate: weight clamp(rho, low, high) | mask: weight rho inside "
+                   "[low, high] (edges included), 0 outside. token/mask with [0.5, 5] is IcePop "
+                   "(arXiv 2510.18855); sequence/mask is TRL's default for vLLM rollouts.")
+    low: float = _f(0.0, "Lower bound of the ratio (0 = none).")
+    high: float = _f(2.0, "Upper bound of the ratio.")
+
+
+@dataclass
 class AlgoConfig:
     advantage: str = _f("grpo", "Advantage estimator.", "advantage")
     advantage_options: dict = _f({}, "e.g. {std_scale: group|batch|none, eps: 1e-6}.")
@@ -173,9 +184,13 @@ class AlgoConfig:
                                          "accuracy improves at an eval (needs train.eval_every).")
     old_logprobs: str = _f("rollout", "Source of log pi_old after the first update: 'rollout' "
                            "(the sampler's) or 'recompute' (one extra no-grad forward).")
-    tis_cap: float = _f(0.0, "Truncated importance sampling for the sampler/trainer mismatch "
-                        "(e.g. vLLM): each token's loss is weighted by min(pi_old/pi_sampler, "
-                        "tis_cap). 0 = off; 2 is the common choice.")
+    rollout_correction: RolloutCorrectionConfig = field(
+        default_factory=RolloutCorrectionConfig,
+        metadata={"help": "Correction for the sampler/trainer mismatch (e.g. vLLM), weighting the "
+                          "policy loss by the importance ratio pi_old / pi_sampler."})
+    tis_cap: float = _f(0.0, "Shorthand for rollout_correction {level: token, mode: truncate, "
+                        "high: tis_cap} (truncated importance sampling: each token's loss is "
+                        "weighted by min(pi_old/pi_sampler, tis_cap)). 0 = off; 2 is common.")
     mtp_heads: int = _f(0, "Multi-token-prediction heads attached to the policy and trained "
                         "jointly with OCC coefficients (arXiv 2605.28184); 0 = none.")
     occ_scale: float = _f(0.1, "OCC's s: head k's advantage is scaled by (s/K) * the calibrated "

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .algos import CREDITS
+from .algos import CREDITS, credit_requirements
 from .algos.correction import logprob_mismatch
 from .algos.objective import ObjectiveConfig, Totals, loss_mask, policy_objective
 from .batch import RolloutBatch
@@ -95,6 +95,8 @@ class PolicyUpdate:
         self.credit = CREDITS.get(cfg.algo.credit)
         self.credit_options = dict(cfg.algo.credit_options)
         self.credit_statistics = getattr(self.credit, "minibatch_statistics", None)
+        self.credit_reads_entropy = "entropy" in credit_requirements(self.credit,
+                                                                     self.credit_options)
         self.want_states = any(aux.needs_hidden_states for aux in auxiliary)
         self.device = next(model.parameters()).device
         self.params = trainable_parameters(self.trained)
@@ -210,8 +212,11 @@ class PolicyUpdate:
             if not padding and micro.sampler_logprobs is not None and (
                     on_policy or cfg.algo.old_logprobs == "recompute"):
                 mismatch.add(old, micro.sampler_logprobs, micro.response_mask)  # same weights
-            options = self.credit_options if credit_stats is None else {**self.credit_options,
-                                                                         "stats": credit_stats}
+            options = dict(self.credit_options)
+            if credit_stats is not None:
+                options["stats"] = credit_stats
+            if self.credit_reads_entropy:
+                options["entropy"] = entropy.detach()
             multiplier = self.credit(micro, logp.detach(), **options)
             auxiliary = [aux.term(policy, states, micro, logp, old, stats)
                          for aux, stats in zip(self.auxiliary, aux_stats)]

@@ -13,9 +13,9 @@ import inspect
 from .config import Config, import_plugins, nearest_name
 from .errors import ConfigError
 
-# keywords the trainer passes itself (a credit's mini-batch statistics, an advantage's sum across
-# data-parallel ranks), never set in a config
-RESERVED_OPTIONS = ("stats", "all_ranks")
+# keywords the trainer passes itself (a credit's mini-batch statistics or the policy's entropies,
+# an advantage's sum across data-parallel ranks), never set in a config
+RESERVED_OPTIONS = ("stats", "all_ranks", "entropy")
 
 
 def check_options(fn, options: dict, where: str) -> None:
@@ -85,6 +85,7 @@ def validate_config(cfg: Config) -> None:
             raise ConfigError(f"rollout.engine=vllm: vLLM is not installed; {VLLM_INSTALL_HINT}")
     if cfg.algo.tis_cap != 0 and not cfg.algo.tis_cap >= 1:
         raise ConfigError(f"algo.tis_cap must be 0 (off) or at least 1, got {cfg.algo.tis_cap}")
+    _check_rollout_correction(cfg.algo)
     if not 0 <= cfg.algo.mtp_heads <= 8:
         raise ConfigError(f"algo.mtp_heads must be between 0 (none) and 8, got {cfg.algo.mtp_heads}")
     if cfg.algo.mtp_heads and not cfg.algo.occ_scale > 0:
@@ -242,7 +243,7 @@ def _dry_run_algorithms(cfg: Config) -> None:
     """
     import torch
 
-    from .algos import ADVANTAGES, CREDITS, LOSSES
+    from .algos import ADVANTAGES, CREDITS, LOSSES, credit_requirements
     from .batch import RolloutBatch
 
     mask = torch.tensor([[1.0, 1.0, 1.0], [1.0, 1.0, 0.0], [1.0, 0.0, 0.0], [1.0, 1.0, 1.0]])
@@ -261,7 +262,10 @@ def _dry_run_algorithms(cfg: Config) -> None:
         ("algo.advantage_options", lambda: ADVANTAGES.get(a.advantage)(
             scores, group_ids, mask, **a.advantage_options)),
         ("algo.credit_options", lambda: CREDITS.get(a.credit)(
-            batch, current, **{k: v for k, v in a.credit_options.items() if k not in unseeded})),
+            batch, current, **{k: v for k, v in a.credit_options.items() if k not in unseeded},
+            **({"entropy": mask * torch.tensor([0.5, 1.5, 1.0])}
+               if "entropy" in credit_requirements(CREDITS.get(a.credit), a.credit_options)
+               else {}))),
         ("algo.loss_options", lambda: LOSSES.get(a.loss)(
             current.clone().requires_grad_(), old, batch.advantages, mask,
             **{k: v for k, v in a.loss_options.items() if k not in unseeded})),
@@ -296,3 +300,22 @@ def _check_servers(rollout) -> None:
     if rollout.server_urls and rollout.engine != "vllm_server":
         raise ConfigError(f"rollout.server_urls is set but rollout.engine is "
                           f"'{rollout.engine}'; set rollout.engine=vllm_server to use them")
+
+
+def _check_rollout_correction(algo) -> None:
+    from .algos.correction import CORRECTION_LEVELS, CORRECTION_MODES
+    rc = algo.rollout_correction
+    if rc.level not in CORRECTION_LEVELS:
+        raise ConfigError(f"algo.rollout_correction.level '{rc.level}' is not one of "
+                          f"{', '.join(CORRECTION_LEVELS)}")
+    if rc.mode not in CORRECTION_MODES:
+        raise ConfigError(f"algo.rollout_correction.mode '{rc.mode}' is not one of "
+                          f"{', '.join(CORRECTION_MODES)}")
+    if rc.mode != "off" and algo.tis_cap:
+        raise ConfigError("algo.tis_cap and algo.rollout_correction both set a correction: "
+                          "tis_cap=C is rollout_correction {level: token, mode: truncate, "
+                          "high: C}; keep one")
+    if rc.mode != "off" and not 0 <= rc.low <= 1 <= rc.high:
+        # a band that excludes 1 would weight away every token of an exact (on-policy) sampler
+        raise ConfigError(f"algo.rollout_correction needs 0 <= low <= 1 <= high, got low={rc.low}, "
+                          f"high={rc.high}")

@@ -5,7 +5,7 @@ Importing this package fills every registry.
 """
 
 # Token-level methods register themselves on import (credit functions and NSR losses).
-from pivotal.algos import nsr, token_credit  # noqa: E402,F401  (import order: after the registries)
+from pivotal.algos import entropy_credit, nsr, token_credit  # noqa: E402,F401  (import order: after the registries)
 from pivotal.algos.advantages import ADVANTAGES, group_stats, register_advantage
 from pivotal.algos.aggregation import AGGREGATIONS, aggregate_loss, register_aggregation
 from pivotal.algos.credit import CREDITS, credit_requirements, register_credit, requires

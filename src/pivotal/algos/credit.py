@@ -16,6 +16,8 @@ options returning one, resolved once at start-up by `credit_requirements`:
 
     "logprobs"           the current policy's log-probs (the `logprobs` argument)
     "ref_logprobs"       batch.ref_logprobs: a frozen reference model is loaded
+    "entropy"            the current policy's entropy per response position on this micro-batch
+                         (detached (B, T), from the same forward), passed as the `entropy` keyword
     "divergence:<kind>"  batch.divergence: per-token divergence of that kind (one of
                          `pivotal.divergence.DIVERGENCE_KINDS`) between the policy and the reference
 
@@ -40,7 +42,7 @@ from pivotal.registry import Registry
 CREDITS: Registry = Registry("credit function")
 register_credit = CREDITS.register
 
-INPUTS = ("logprobs", "ref_logprobs")
+INPUTS = ("logprobs", "ref_logprobs", "entropy")
 DIVERGENCE_INPUT = "divergence:"
 
 

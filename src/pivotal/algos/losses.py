@@ -194,3 +194,107 @@ def vanilla_pg_loss(logprobs: Tensor, old_logprobs: Tensor, advantages: Tensor,
             "approx_kl": _approx_kl(log_ratio, valid),
         }
     return LossOutput(zero_padding(loss, valid), metrics)
+
+
+@register_loss("cispo")
+def cispo_loss(logprobs: Tensor, old_logprobs: Tensor, advantages: Tensor, response_mask: Tensor,
+               *, clip_low: float = 1.0, clip_high: float = 0.28) -> LossOutput:
+    """CISPO, clipped importance-sampling-weight policy optimisation (MiniMax-M1,
+    https://arxiv.org/abs/2506.13585).
+
+    L = -sg(clamp(r, 1 - clip_low, 1 + clip_high)) * A * lp,    r = exp(clamp(lp - olp, -20, 20))
+
+    PPO drops the gradient of a token whose ratio left the clip range; CISPO keeps every token's
+    gradient and clips only its (detached) importance weight, so rare tokens that matter (the
+    paper's "However", "Wait") still learn after the first update. clip_low = 1 is the paper's
+    "no lower bound" (the weight may fall to 0); only the upper bound is tuned. On-policy (r = 1)
+    the gradient is REINFORCE's, -A * grad lp.
+
+    Metrics: is_clip_frac (tokens whose weight was capped at 1 + clip_high), ratio_mean, approx_kl.
+
+    logprobs, old_logprobs, advantages, response_mask: (B, T) -> per_token_loss (B, T)
+    """
+    if not (clip_low >= 0 and clip_high >= 0):
+        raise ValueError(f"clip_low and clip_high must be >= 0, got {clip_low}, {clip_high}")
+    valid = valid_tokens(response_mask)
+    log_ratio = clamped_log_ratio(logprobs, old_logprobs, valid)
+    ratio = torch.exp(log_ratio).detach()
+    weight = ratio.clamp(max(1.0 - clip_low, 0.0), 1.0 + clip_high)
+    loss = -weight * zero_padding(advantages, valid) * zero_padding(logprobs, valid)
+    with torch.no_grad():
+        metrics = {"is_clip_frac": masked_fraction(ratio > 1.0 + clip_high, valid),
+                   "ratio_mean": masked_mean(ratio, valid),
+                   "approx_kl": _approx_kl(log_ratio, valid)}
+    return LossOutput(zero_padding(loss, valid), metrics)
+
+
+@register_loss("sapo")
+def sapo_loss(logprobs: Tensor, old_logprobs: Tensor, advantages: Tensor, response_mask: Tensor,
+              *, tau_pos: float = 1.0, tau_neg: float = 1.05) -> LossOutput:
+    """SAPO, soft adaptive policy optimisation (Qwen, https://arxiv.org/abs/2511.20347).
+
+    L = -A * f(r),   f(r) = (4 / tau) * sigmoid(tau * (r - 1)),   tau = tau_pos if A > 0 else tau_neg
+
+    A smooth trust region in place of the hard clip: the gradient weight df/dr = 4 s (1 - s),
+    s = sigmoid(tau (r - 1)), is 1 at r = 1 (on-policy it is REINFORCE) and decays as r leaves 1,
+    faster for larger tau. tau_neg > tau_pos damps negative-advantage tokens sooner: their updates
+    raise many unsampled tokens' logits and destabilise training more (the paper's 1.0 / 1.05).
+
+    Metrics: gate_weight (mean df/dr over valid tokens: 1 = no damping), ratio_mean, approx_kl.
+
+    logprobs, old_logprobs, advantages, response_mask: (B, T) -> per_token_loss (B, T)
+    """
+    if not (tau_pos > 0 and tau_neg > 0):
+        raise ValueError(f"tau_pos and tau_neg must be > 0, got {tau_pos}, {tau_neg}")
+    valid = valid_tokens(response_mask)
+    log_ratio = clamped_log_ratio(logprobs, old_logprobs, valid)
+    ratio = torch.exp(log_ratio)
+    adv = zero_padding(advantages, valid)
+    tau = torch.where(adv > 0, torch.full_like(adv, tau_pos), torch.full_like(adv, tau_neg))
+    gate = torch.sigmoid(tau * (ratio - 1.0))
+    loss = -adv * gate * (4.0 / tau)
+    with torch.no_grad():
+        s = gate.detach()
+        metrics = {"gate_weight": masked_mean(4.0 * s * (1.0 - s), valid),
+                   "ratio_mean": masked_mean(ratio.detach(), valid),
+                   "approx_kl": _approx_kl(log_ratio, valid)}
+    return LossOutput(zero_padding(loss, valid), metrics)
+
+
+@register_loss("gmpo")
+def gmpo_loss(logprobs: Tensor, old_logprobs: Tensor, advantages: Tensor, response_mask: Tensor,
+              *, clip_low: float = 0.4, clip_high: float = 0.4) -> LossOutput:
+    """GMPO, geometric-mean policy optimisation (https://arxiv.org/abs/2507.20673).
+
+    The arithmetic mean of token ratios (GRPO) becomes a geometric mean, clipped per token in log
+    space so that one outlier token cannot move the sequence's ratio:
+        c_t     = min(lr_t, clip_high)  where A_t > 0,   max(lr_t, -clip_low)  where A_t <= 0
+                  (lr_t = lp_t - olp_t; the pessimistic side of the clip, as PPO's min)
+        log s_i = sum_t m c_t / sum_t m                     (B,)   geometric mean of clipped ratios
+        L_it    = -A_t * exp(sg(log s_i) + c_t - sg(c_t))   value s_i, d/d lp_t = s_i (unclipped)
+    Aggregated with "seq-mean-token-mean" this is exactly the paper's -A_i * s_i per sequence, its
+    gradient -A_i s_i mean_t grad c_t (the GSPO construction, with per-token advantages allowed).
+    Defaults are the paper's (e^-0.4, e^0.4) range, wider than PPO's: the geometric mean moves
+    less than any single token's ratio.
+
+    Metrics: clip_frac (tokens on the clipped side), ratio_mean (of s_i, per token), approx_kl.
+
+    logprobs, old_logprobs, advantages, response_mask: (B, T) -> per_token_loss (B, T)
+    """
+    if not (clip_low > 0 and clip_high > 0):
+        raise ValueError(f"clip_low and clip_high must be > 0, got {clip_low}, {clip_high}")
+    valid = valid_tokens(response_mask)
+    mask = valid.to(logprobs.dtype)
+    log_ratio = clamped_log_ratio(logprobs, old_logprobs, valid)
+    adv = zero_padding(advantages, valid)
+    clipped = torch.where(adv > 0, log_ratio.clamp(max=clip_high), log_ratio.clamp(min=-clip_low))
+    log_s = (clipped * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1)                   # (B,)
+    s = torch.exp(log_s.detach()[:, None] + clipped - clipped.detach())
+    loss = -adv * s
+    with torch.no_grad():
+        lr = log_ratio.detach()
+        metrics = {"clip_frac": masked_fraction(((adv > 0) & (lr > clip_high))
+                                                | ((adv <= 0) & (lr < -clip_low)), valid),
+                   "ratio_mean": masked_mean(s.detach(), valid),
+                   "approx_kl": _approx_kl(log_ratio, valid)}
+    return LossOutput(zero_padding(loss, valid), metrics)

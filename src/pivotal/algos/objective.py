@@ -1,12 +1,14 @@
 """The policy objective: every per-token term of the loss, assembled in one pure function.
 
-    L = agg_m'( w_tis * w_tok * ( l(lp, olp, A * c) + sum_j aux_j(A * c) ) + beta * KL(lp, rlp) - alpha * H )
+    L = agg_m'( w_rc * w_tok * ( l(lp, olp, A * c) + sum_j aux_j(A * c) ) + beta * KL(lp, rlp) - alpha * H )
 
   l        the policy loss (`algo.loss`, `pivotal.algos.losses`) of the credited advantages
   c        the credit multiplier (`algo.credit`, `pivotal.algos.credit`), (B, T), no gradient
   aux_j    auxiliary per-token losses of the same credited advantages (e.g. OCC's MTP heads)
   w_tok    per-token loss weights (DAPO overlong filtering sets 0 on truncated responses)
-  w_tis    truncated importance weights min(pi_old / pi_sampler, C) (`algo.tis_cap`, off at 0)
+  w_rc     rollout-correction weights of the sampler/trainer ratio pi_old / pi_sampler, token or
+           sequence level, truncated or masked (`algo.rollout_correction`; `algo.tis_cap=C` is
+           token/truncate with high C), off by default
   KL       the KL estimator (`algo.kl_estimator`) against the frozen reference, coefficient beta
            (0 when the KL is subtracted from the reward instead, `algo.kl_in_reward`)
   H        the policy's entropy, coefficient alpha (`algo.entropy_coef`)
@@ -26,7 +28,7 @@ from dataclasses import dataclass, field
 from torch import Tensor
 
 from pivotal.algos.aggregation import aggregate_loss
-from pivotal.algos.correction import truncated_is_weights
+from pivotal.algos.correction import RolloutCorrection, rollout_correction_weights
 from pivotal.algos.kl import kl_per_token
 from pivotal.algos.losses import LOSSES, masked_mean
 
@@ -44,14 +46,22 @@ class ObjectiveConfig:
     kl_estimator: str = "k3"
     kl_coef: float = 0.0      # beta of the KL loss term; 0 with the KL in the reward
     entropy_coef: float = 0.0
-    tis_cap: float = 0.0      # 0 = no importance weights
+    correction: RolloutCorrection = RolloutCorrection()   # mode "off": no weights
 
     @classmethod
     def from_config(cls, cfg) -> ObjectiveConfig:
         a = cfg.algo
         return cls(loss=a.loss, loss_options=dict(a.loss_options), aggregation=a.aggregation,
                    kl_estimator=a.kl_estimator, kl_coef=0.0 if a.kl_in_reward else a.kl_beta,
-                   entropy_coef=a.entropy_coef, tis_cap=a.tis_cap)
+                   entropy_coef=a.entropy_coef, correction=rollout_correction_of(a))
+
+
+def rollout_correction_of(algo) -> RolloutCorrection:
+    """`algo.rollout_correction`, or its shorthand `algo.tis_cap = C` (token/truncate, high C)."""
+    if algo.tis_cap > 0:
+        return RolloutCorrection(level="token", mode="truncate", low=0.0, high=algo.tis_cap)
+    rc = algo.rollout_correction
+    return RolloutCorrection(level=rc.level, mode=rc.mode, low=rc.low, high=rc.high)
 
 
 @dataclass(frozen=True)
@@ -78,13 +88,14 @@ def policy_objective(cfg: ObjectiveConfig, totals: Totals, *, logprobs: Tensor,
 
     logprobs (B, T) with gradient; old_logprobs, advantages, response_mask, credit, token_weights,
     sampler_logprobs, ref_logprobs (B, T) without; entropy (B, T), with gradient when
-    cfg.entropy_coef > 0. Optional terms left as None are absent (credit: all ones; TIS needs
-    sampler_logprobs and cfg.tis_cap > 0; the KL metric needs ref_logprobs).
+    cfg.entropy_coef > 0. Optional terms left as None are absent (credit: all ones; the rollout
+    correction needs sampler_logprobs and an active cfg.correction; the KL metric needs
+    ref_logprobs).
 
-    Metrics (floats): the policy loss's own (clip fractions, ...), the auxiliary terms', tis_weight
-    and tis_capped_frac, kl_ref (the KL estimate, also when it is not in the loss), and the
-    per-token means over the response tokens of the whole per-token objective (`loss`), the
-    entropy and the credit multiplier.
+    Metrics (floats): the policy loss's own (clip fractions, ...), the auxiliary terms', the
+    rollout correction's (rc_weight, rc_token_frac, rc_seq_frac), kl_ref (the KL estimate, also
+    when it is not in the loss), and the per-token means over the response tokens of the whole
+    per-token objective (`loss`), the entropy and the credit multiplier.
     """
     mask = response_mask
     credited = advantages if credit is None else advantages * credit
@@ -97,11 +108,11 @@ def policy_objective(cfg: ObjectiveConfig, totals: Totals, *, logprobs: Tensor,
         metrics.update(aux_metrics)
     if token_weights is not None:
         per_token = per_token * token_weights
-    if cfg.tis_cap > 0 and sampler_logprobs is not None:
-        tis = truncated_is_weights(old_logprobs, sampler_logprobs, cfg.tis_cap)
-        per_token = per_token * tis
-        metrics["tis_weight"] = masked_mean(tis, mask).item()
-        metrics["tis_capped_frac"] = masked_mean((tis >= cfg.tis_cap).float(), mask).item()
+    if cfg.correction.active and sampler_logprobs is not None:
+        weights, rc_metrics = rollout_correction_weights(old_logprobs, sampler_logprobs, mask,
+                                                         cfg.correction)
+        per_token = per_token * weights
+        metrics.update(rc_metrics)
     if ref_logprobs is not None:
         kl = kl_per_token(logprobs, ref_logprobs, mask, cfg.kl_estimator)
         metrics["kl_ref"] = masked_mean(kl.detach(), mask).item()

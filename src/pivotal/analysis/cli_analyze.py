@@ -291,7 +291,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--task-options", help="YAML mapping of task options, e.g. '{digits: 2}'")
     p.add_argument("--question-field", default="question")
     p.add_argument("--answer-field", default="answer")
-    p.add_argument("--answer-format", default="plain", help="plain | gsm8k ('#### N')")
+    p.add_argument("--answer-format", default="plain",
+                   help="plain | gsm8k ('#### N') | text (the field as written, no cleaning)")
     p.add_argument("--limit", type=int, default=100,
                    help="first N problems (or generations records) (default %(default)s)")
     p.add_argument("--allow-other-model", action="store_true",

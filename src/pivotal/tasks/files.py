@@ -4,9 +4,11 @@
 also be one JSON array of objects) or a .parquet file, and maps each row to a Problem:
 
   question_field: a field name ("question") or a template over the row ("{Body} {Question}").
-  answer_field:   likewise; the answer is cleaned: numbers lose a trailing ".0" and thousands commas
-                  (5.0 -> "5", "1,000" -> "1000", 0.5 stays "0.5").
-  answer_format:  "plain" (the field is the answer) or "gsm8k" (the answer follows the last "####").
+  answer_field:   likewise; the answer is read by `pivotal.tasks.answers.clean_answer` (5.0 -> "5",
+                  "1,000" -> "1000", "$18.00" -> "18", "9 (apples)" -> "9", "\\frac{1}{2}" -> "1/2");
+                  rows whose answer no rule reads are reported together, with file and line.
+  answer_format:  "plain" (the field is the answer), "gsm8k" (the answer follows the last "####")
+                  or "text" (the field as written, no cleaning).
 
 Held-out set: with ``eval_path`` the eval set is that file, and every training row whose question
 also appears there is dropped; without it, ``eval_size`` rows (else ``eval_fraction`` of the rows)
@@ -31,27 +33,25 @@ from __future__ import annotations
 
 import contextlib
 import json
-import math
 import os
 import random
 import re
 import string
 from collections.abc import Iterator
 from dataclasses import dataclass
-from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 from pivotal.errors import DataError
 from pivotal.hub import env_offline as _env_offline
 from pivotal.hub import hub_reachable
+from pivotal.tasks.answers import UnreadableAnswer, clean_answer
 from pivotal.tasks.base import Problem
 
 JSON_SUFFIXES = (".jsonl", ".ndjson", ".json")
 PARQUET_SUFFIXES = (".parquet",)
-ANSWER_FORMATS = ("plain", "gsm8k")
+ANSWER_FORMATS = ("plain", "gsm8k", "text")
 DATA_DIR_ENV = "PIVOTAL_DATA_DIR"
-NUMBER = re.compile(r"[+-]?(\d{1,3}(,\d{3})+|\d+)(\.\d+)?|[+-]?\.\d+")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -164,30 +164,9 @@ def field_value(row: SourceRow, spec: str, role: str) -> Any:
     return value
 
 
-def clean_number(value: Any) -> str:
-    """An answer as a canonical string: 5.0 -> "5", "1,000" -> "1000", 0.5 -> "0.5"; text kept."""
-    if isinstance(value, bool):
-        return str(value)
-    if isinstance(value, int):
-        return str(value)
-    if isinstance(value, float):
-        if not math.isfinite(value):
-            return str(value)
-        value = Decimal(repr(value))
-    if isinstance(value, str):
-        text = value.strip()
-        if not NUMBER.fullmatch(text):
-            return text
-        value = Decimal(text.replace(",", ""))
-    if isinstance(value, Decimal):
-        if value == value.to_integral_value():
-            return str(int(value))
-        return format(value.normalize(), "f")
-    return str(value).strip()
-
-
 def extract_answer(row: SourceRow, spec: str, answer_format: str) -> str:
-    """The cleaned answer of a row, after '####' for the gsm8k format."""
+    """The row's answer, after '####' for the gsm8k format, read by `answers.clean_answer`
+    (kept as written for the text format). An answer no rule reads raises UnreadableRow."""
     value = field_value(row, spec, "answer")
     if answer_format == "gsm8k":
         text = str(value)
@@ -195,10 +174,22 @@ def extract_answer(row: SourceRow, spec: str, answer_format: str) -> str:
             raise DataError(f"{row.source} {row.where}: answer_format='gsm8k' but the answer field "
                              f"{spec!r} has no '#### <answer>' line: {text[-80:]!r}")
         value = text.rsplit("####", 1)[1]
-    answer = clean_number(value)
-    if not answer:
-        raise DataError(f"{row.source} {row.where}: the answer after '####' is empty")
-    return answer
+        if not value.strip():
+            raise DataError(f"{row.source} {row.where}: the answer after '####' is empty")
+    if answer_format == "text":
+        return str(value).strip()
+    try:
+        return clean_answer(value)
+    except UnreadableAnswer as e:
+        raise UnreadableRow(f"{row.source} {row.where}: answer {str(value)[:60]!r} "
+                            f"({spec!r}) cannot be read as an answer: {e}") from None
+
+
+class UnreadableRow(DataError):
+    """A row whose gold answer no cleaning rule reads (see `pivotal.tasks.answers`)."""
+
+
+_UNREADABLE_SHOWN = 5
 
 
 def normalize_question(text: str) -> str:
@@ -209,10 +200,14 @@ def normalize_question(text: str) -> str:
 def rows_to_problems(rows: list[SourceRow], name: str, question_field: str, answer_field: str,
                      answer_format: str, reward: str = "math", part: str | None = None) -> list[Problem]:
     """Rows as Problems, keeping the first of any repeated question."""
-    problems, seen = [], set()
+    problems, seen, unreadable = [], set(), []
     for row in rows:
         question = str(field_value(row, question_field, "question")).strip()
-        answer = extract_answer(row, answer_field, answer_format)
+        try:
+            answer = extract_answer(row, answer_field, answer_format)
+        except UnreadableRow as e:  # collected, so that one error lists what to fix
+            unreadable.append(str(e))
+            continue
         key = normalize_question(question)
         if key in seen:
             continue
@@ -220,6 +215,13 @@ def rows_to_problems(rows: list[SourceRow], name: str, question_field: str, answ
         pid = f"{name}-{part}-{row.index}" if part else f"{name}-{row.index}"
         meta = {"source": Path(row.source).name, "row": row.index}
         problems.append(Problem(id=pid, question=question, answer=answer, reward=reward, meta=meta))
+    if unreadable:
+        more = len(unreadable) - _UNREADABLE_SHOWN
+        raise UnreadableRow("\n".join(
+            [f"{len(unreadable)} of {len(rows)} rows have an answer that cannot be read as an "
+             "answer (the rules are in pivotal.tasks.answers):", *unreadable[:_UNREADABLE_SHOWN]]
+            + ([f"... and {more} more"] if more > 0 else [])
+            + ["Fix these rows, or set answer_format='text' to compare the answer field as written."]))
     return problems
 
 
