@@ -255,9 +255,17 @@ def test_frozen_weight_fraction_counts_updates_below_half_an_ulp():
     assert w2[0] == w[0] and w2[3] == w[3] and w2[1] != w[1]
 
 
-def _manual_ranks(tmp_path, per_rank_overrides, port):
+def _free_port() -> int:
+    """A port the OS says is free now (a fixed one can be held by an earlier test's socket)."""
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _manual_ranks(tmp_path, per_rank_overrides):
     """Two ranks started by hand (as on two nodes, with no torchrun agent to stop the others)."""
-    procs = []
+    procs, port = [], _free_port()
     for rank, extra in enumerate(per_rank_overrides):
         env = {**_env(), "RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": "2",
                "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}
@@ -269,7 +277,7 @@ def _manual_ranks(tmp_path, per_rank_overrides, port):
 
 
 def test_a_killed_rank_stops_the_other_with_a_message(tmp_path):
-    procs = _manual_ranks(tmp_path, [["train.steps=100000"], ["train.steps=100000"]], 29731)
+    procs = _manual_ranks(tmp_path, [["train.steps=100000"], ["train.steps=100000"]])
     metrics = tmp_path / "run" / "metrics.jsonl"
     deadline = time.time() + 300
     while not (metrics.exists() and len(metrics.read_text().splitlines()) >= 3):
@@ -284,7 +292,7 @@ def test_a_killed_rank_stops_the_other_with_a_message(tmp_path):
 
 
 def test_ranks_with_different_configs_are_named_at_start(tmp_path):
-    procs = _manual_ranks(tmp_path, [["train.steps=1"], ["train.steps=1", "train.seed=7"]], 29733)
+    procs = _manual_ranks(tmp_path, [["train.steps=1"], ["train.steps=1", "train.seed=7"]])
     errors = [p.communicate(timeout=300)[1] for p in procs]
     assert all(p.returncode == 2 for p in procs)
     assert "rank 1 differs from rank 0 in train.seed (0 vs 7)" in errors[0]
