@@ -38,6 +38,8 @@ from decimal import Decimal, InvalidOperation
 from fractions import Fraction
 from typing import Any
 
+from pivotal.rewards.extraction import _balanced_content as balanced_content
+
 
 class UnreadableAnswer(ValueError):
     """A gold answer that none of the rules reads as an answer."""
@@ -58,7 +60,7 @@ _NOT_UNITS = frozenset("or and to more less than at least most about around appr
                        "over under between plus minus times each".split())
 _VARIABLE = re.compile(r"^[A-Za-z]\s*=\s*")
 _DELIMITERS = (("$$", "$$"), ("$", "$"), ("\\(", "\\)"), ("\\[", "\\]"), ("**", "**"))
-_WRAPPERS = re.compile(r"^\\(?:boxed|text|textbf|mathrm|mbox)\s*\{(.*)\}$", re.DOTALL)
+_WRAPPER = re.compile(r"^\\(?:boxed|text|textbf|mathrm|mbox)\s*\{")
 _SPACING = ("\\!", "\\,", "\\;", "\\:", "\\left", "\\right", "\\displaystyle")
 _PROSE_WORD = re.compile(r"(?<![\\A-Za-z])[A-Za-z]{2,}")
 _SIDE_BY_SIDE = re.compile(r"\d\s+\d")
@@ -94,19 +96,12 @@ def _strip_markup(text: str) -> str:
                     and text.endswith(closing):
                 text = text[len(opening):-len(closing)]
                 break
-        wrapped = _WRAPPERS.match(text)
-        if wrapped and _balanced(wrapped.group(1)):
-            text = wrapped.group(1)
+        wrapper = _WRAPPER.match(text)
+        if wrapper:  # only a wrapper around the whole answer: "\\text{a}{b}" stays
+            inner = balanced_content(text, wrapper.end() - 1)
+            if inner is not None and wrapper.end() + len(inner) + 1 == len(text):
+                text = inner
     return text
-
-
-def _balanced(text: str) -> bool:
-    depth = 0
-    for ch in text:
-        depth += {"{": 1, "}": -1}.get(ch, 0)
-        if depth < 0:
-            return False
-    return depth == 0
 
 
 def _number_core(text: str) -> tuple[str, str] | None:
