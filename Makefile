@@ -26,7 +26,7 @@ test: setup lint
 	$(PY) -m pytest -q
 
 lint: setup
-	$(VENV)/bin/ruff check src tests benchmarks
+	$(VENV)/bin/ruff check src tests benchmarks examples
 
 test-slow: setup
 	$(PY) -m pytest -q -m slow

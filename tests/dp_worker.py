@@ -57,7 +57,7 @@ def export_case(out: Path, name: str, trainer: Trainer, batch) -> None:
     from pivotal.export import export_checkpoint
 
     trainer.step = 1
-    path = trainer.save()
+    path = trainer.save_checkpoint()
     logprobs = trained_logprobs(trainer, batch)
     if trainer.runtime.is_main:
         export_checkpoint(path, out / f"{name}_export")

@@ -426,7 +426,7 @@ def test_unknown_name_suggests(registry, typo, right):
 
 
 def test_registry_contents():
-    assert ADVANTAGES.names() == ["dr_grpo", "grpo", "reinforce_pp_baseline", "rloo"]
+    assert ADVANTAGES.names() == ["dr_grpo", "grpo", "otb", "reinforce_pp_baseline", "rloo"]
     assert LOSSES.names() == ["cispo", "gmpo", "gspo", "gspo_nsr", "ppo_clip", "ppo_clip_nsr", "sapo",
                              "vanilla_pg"]
     assert AGGREGATIONS.names() == ["seq-mean-token-mean", "seq-mean-token-sum",

@@ -134,6 +134,24 @@ def test_two_rank_fsdp_run_exports_and_resumes_in_one_process(tmp_path):
     assert [r["step"] for r in rows] == [1, 2, 3]
 
 
+def test_a_python_api_script_trains_on_two_fsdp_ranks_and_saves(tmp_path):
+    """pivotal.Trainer under torchrun: each rank scores its share with the TRL-style reward, the
+    callback's stop holds on both ranks at one step, and save(path) gathers the shards into the
+    weights of the final checkpoint's consolidated export."""
+    out = tmp_path / "run"
+    run = _torchrun(ROOT / "tests" / "api_dp_worker.py", out, "fsdp")
+    assert run.returncode == 0, run.stderr[-3000:]
+    ranks = [json.loads((out / f"rank{r}.json").read_text()) for r in (0, 1)]
+    for seen in ranks:
+        assert seen["calls"] == [4, 4]  # 2 prompts x 4 per step over 2 ranks: 4 each, per step
+        assert seen["summary"]["steps"] == 2 and seen["summary"]["stopped_by"] == "StopAtTwo.on_step_end"
+    saved = load_file(out / "saved" / "model.safetensors")
+    final = load_file(out / "checkpoints" / "step_000002" / "model.safetensors")
+    assert saved.keys() == final.keys()
+    for name in saved:
+        assert torch.equal(saved[name], final[name]), name
+
+
 def _rows(out: Path) -> list[dict]:
     from test_trainer import _deterministic
     return _deterministic(json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines())

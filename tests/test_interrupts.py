@@ -132,7 +132,7 @@ def test_non_finite_weights_are_never_checkpointed(tmp_path):
     with torch.no_grad():
         next(trainer.model.parameters())[0, 0] = float("inf")
     with pytest.raises(NonFiniteError, match="refusing to checkpoint step 0"):
-        trainer.save()
+        trainer.save_checkpoint()
     assert ckpt.latest_checkpoint(tmp_path / "checkpoints") is None
 
 

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from pivotal.evaluate import evaluate, pass_at_k
+from pivotal.evaluation import evaluate, pass_at_k
 from pivotal.logprobs import policy_logprobs, response_logits, token_logprobs, trim_padding
 from pivotal.rollout import SamplingParams, TransformersEngine, filter_logits
 from pivotal.tasks import Problem

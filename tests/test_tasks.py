@@ -354,7 +354,7 @@ def test_hub_fails_fast_offline(monkeypatch):
 
 
 def test_registry_and_build_task(tmp_path):
-    assert set(TASKS.names()) == {"arithmetic", "countdown", "file", "gsm8k", "svamp", "mawps", "hub"}
+    assert set(TASKS.names()) == {"arithmetic", "countdown", "file", "gsm8k", "svamp", "mawps", "hub", "dataset"}
     task = build_task("arithmetic", digits=2, seed=7)
     assert task.train_problem(0) == ArithmeticTask(digits=2, seed=7).train_problem(0)
     assert isinstance(build_task("countdown", num_count=4), CountdownTask)

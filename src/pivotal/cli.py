@@ -93,19 +93,36 @@ def cmd_train(args) -> int:
 
 
 def cmd_eval(args) -> int:
-    from .evaluate import evaluate, write_eval_outputs
+    path, overrides = _split_args(args.items)
+    summary = run_eval(args, load_config(path, overrides))
+    print(json.dumps(summary, indent=2))
+    out = Path(args.out)
+    print(f"wrote {out / 'eval_summary.json'} and {out / 'generations.jsonl'}")
+    if summary.get("interrupted"):  # the rows answered before the interrupt are kept
+        print(f"pivotal: eval interrupted ({summary['interrupted']}) after "
+              f"{summary['num_responses']} responses; kept them", file=sys.stderr)
+        return exit_status(getattr(signal, summary["interrupted"]))
+    return 0
+
+
+def run_eval(args, cfg) -> dict:
+    """`pivotal eval`'s work (also `pivotal.evaluate`): evaluate, write the outputs into
+    args.out, return the summary. args.data: a file path, or rows (`pivotal.tasks.dataset`)."""
+    from .evaluation import evaluate, write_eval_outputs
     from .models import load_model, tokenizer_fingerprint
     from .rollout import build_engine
     from .tasks import build_task
-    from .tasks.files import load_problems
+    from .tasks.files import load_problems, rows_to_problems
 
-    path, overrides = _split_args(args.items)
     if args.model:
-        overrides.append(f"model.name={args.model}")
-    cfg = load_config(path, overrides)
-    if args.data:  # a whole file: every row is evaluated (up to --limit)
+        cfg.model.name = args.model
+    if isinstance(args.data, (str, os.PathLike)):  # a whole file: every row (up to --limit)
         problems = load_problems(args.data, args.question_field, args.answer_field,
                                  args.answer_format)[: args.limit]
+    elif args.data is not None:  # rows from Python (a list of dicts, a datasets.Dataset)
+        from .tasks.dataset import source_rows
+        problems = rows_to_problems(source_rows(args.data, "data"), "data", args.question_field,
+                                    args.answer_field, args.answer_format)[: args.limit]
     else:
         task = build_task(cfg.task.name, **cfg.task.options)
         problems = task.eval_problems()[: cfg.eval.size if args.limit is None else args.limit]
@@ -142,17 +159,11 @@ def cmd_eval(args) -> int:
                                     "budget": extrapolation.budget}
     summary["model"] = cfg.model.name
     summary["tokenizer_fingerprint"] = tokenizer_fingerprint(tokenizer)
+    summary["num_responses"] = len(records)
     for record in records:  # so that `pivotal analyze` can tell which model wrote them
         record["model"] = cfg.model.name
-    out = Path(args.out)
-    write_eval_outputs(out, summary, records)
-    print(json.dumps(summary, indent=2))
-    print(f"wrote {out / 'eval_summary.json'} and {out / 'generations.jsonl'}")
-    if summary.get("interrupted"):  # the rows answered before the interrupt are kept
-        print(f"pivotal: eval interrupted ({summary['interrupted']}) after {len(records)} "
-              "responses; kept them", file=sys.stderr)
-        return exit_status(getattr(signal, summary["interrupted"]))
-    return 0
+    write_eval_outputs(Path(args.out), summary, records)
+    return summary
 
 
 def cmd_export(args) -> int:

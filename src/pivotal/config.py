@@ -284,6 +284,29 @@ class Config:
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
+    # The Python API's ways in (`pivotal.Config.build(...)` and friends): each checks keys, types
+    # and method names exactly as the CLI does, "did you mean" included.
+    @classmethod
+    def build(cls, source: str | Path | dict | None = None, /, *, overrides: list[str] = (),
+              **sections) -> Config:
+        """A validated Config from a YAML path or a dict (optional), then keyword sections
+        (`algo={"loss": "cispo"}`, a section dataclass, or dotted `**{"optim.lr": 1e-6}`), then
+        CLI-style overrides ("optim.lr=1e-6"); later ones win."""
+        data = _source_data(source)
+        for key, value in sections.items():
+            if dataclasses.is_dataclass(value):
+                value = dataclasses.asdict(value)
+            _merge(data, _nest(key.split("."), copy.deepcopy(value)))
+        return _finish(data, overrides, validate=True)
+
+    @classmethod
+    def from_yaml(cls, path: str | Path, overrides: list[str] = ()) -> Config:
+        return load_config(path, overrides)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> Config:
+        return cls.build(data)
+
 
 # ---------------------------------------------------------------------------- loading
 
@@ -362,23 +385,32 @@ def _merge(base: dict, extra: dict) -> dict:
     return base
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] = (),
-                validate: bool = True) -> Config:
-    data: dict = {}
-    if path is not None:
-        path = Path(path)
-        if not path.exists():
-            raise ConfigError(f"config file '{path}' does not exist")
-        try:
-            data = yaml.safe_load(path.read_text()) or {}
-        except yaml.MarkedYAMLError as e:
-            mark = e.problem_mark or e.context_mark
-            where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
-            raise ConfigError(f"config file {where}: invalid YAML: {e.problem or e.context}") from None
-        except yaml.YAMLError as e:
-            raise ConfigError(f"config file '{path}' is not valid YAML: {e}") from None
-        if not isinstance(data, dict):
-            raise ConfigError(f"config file '{path}' must hold a mapping of sections")
+def _source_data(source) -> dict:
+    """The mapping a config starts from: a YAML file's (errors name file, line and column), a
+    copy of a dict, or nothing."""
+    if source is None:
+        return {}
+    if isinstance(source, dict):
+        return copy.deepcopy(source)
+    if not isinstance(source, (str, Path)):
+        raise ConfigError(f"a config comes from a YAML path or a dict, got {type(source).__name__}")
+    path = Path(source)
+    if not path.exists():
+        raise ConfigError(f"config file '{path}' does not exist")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.MarkedYAMLError as e:
+        mark = e.problem_mark or e.context_mark
+        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
+        raise ConfigError(f"config file {where}: invalid YAML: {e.problem or e.context}") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"config file '{path}' is not valid YAML: {e}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file '{path}' must hold a mapping of sections")
+    return data
+
+
+def _finish(data: dict, overrides, validate: bool) -> Config:
     for text in overrides:
         keys, value = parse_override(text)
         _merge(data, _nest(keys, value))
@@ -389,6 +421,11 @@ def load_config(path: str | Path | None = None, overrides: list[str] = (),
         resolve_config(cfg)
         validate_config(cfg)
     return cfg
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] = (),
+                validate: bool = True) -> Config:
+    return _finish(_source_data(path), overrides, validate)
 
 
 def config_from_dict(data: dict, where: str = "config") -> Config:

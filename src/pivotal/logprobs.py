@@ -167,6 +167,23 @@ def policy_logprobs(model, batch: RolloutBatch, temperature: float = 1.0,
     return _scatter_logprobs(logits, batch, temperature, with_entropy, entropy_grad)
 
 
+def policy_token_stats(model, batch: RolloutBatch, temperature: float = 1.0,
+                       share_prompt: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """(log-probs (B, T), sum_v pi(v)^2 (B, T)) of the batch's responses under `model`, from one
+    pass: the log-probs exactly as `policy_logprobs` computes them, and per position the sum of
+    the squared probabilities of the temperature-scaled distribution, exp(logsumexp(2 z) -
+    2 logsumexp(z)) (the optimal token baseline's energy, `pivotal.algos.otb`). 0 on padding."""
+    mask = batch.response_mask.bool()
+    if has_plain_head(model):
+        logits = model.get_output_embeddings()(response_states(model, batch, share_prompt, True)[mask])
+    else:
+        logits = response_states(model, batch, share_prompt, False)[mask]
+    logp, _ = _scatter_logprobs(logits, batch, temperature, False, False)
+    z = (logits / temperature if temperature and temperature != 1.0 else logits).float()
+    flat = torch.exp(torch.logsumexp(2.0 * z, dim=-1) - 2.0 * torch.logsumexp(z, dim=-1))
+    return logp, flat.new_zeros(mask.shape).masked_scatter(mask, flat)
+
+
 def response_hidden_states(model, batch: RolloutBatch, share_prompt: bool = True) -> torch.Tensor:
     """(B, T, H) trunk states at the positions predicting each response token (plain-head models:
     the LM head is a linear map of them), for callers that add their own heads (`pivotal.auxiliary.occ`)."""

@@ -9,9 +9,35 @@ from __future__ import annotations
 import json
 import logging
 import math
+from dataclasses import dataclass, field
 from pathlib import Path
 
 log = logging.getLogger("pivotal.metrics")
+
+
+@dataclass
+class StepState:
+    """What one training step accumulates besides its metrics: seconds per phase, label metrics."""
+
+    seconds: dict[str, float] = field(default_factory=lambda: dict.fromkeys(
+        ("sync", "generate", "score", "train"), 0.0))
+    label_metrics: dict = field(default_factory=dict)
+    sync_metrics: dict = field(default_factory=dict)  # bytes the engine's weight sync moved
+
+    def timing_metrics(self) -> dict[str, float]:
+        return {f"time_{k}": v for k, v in self.seconds.items()}
+
+
+def gap_warning(rollout_cfg, metrics: dict, step: int) -> str | None:
+    """The warning for a step whose sampler log-probs stray from the trainer's (above
+    `rollout.gap_warn`): the sampler is not running the trainer's weights."""
+    r, gap = rollout_cfg, metrics.get("sampler_logprob_diff", 0.0)
+    if not (r.gap_warn and gap > r.gap_warn):
+        return None
+    return (f"step {step}: the sampler's log-probs differ from the trainer's by {gap:.3g} nats per "
+            f"token on average (rollout.gap_warn={r.gap_warn:g}): the {r.engine} engine is not "
+            "sampling from the trainer's weights (a stale or failed sync?) or runs them at lower "
+            "precision")
 
 
 class MetricsLogger:

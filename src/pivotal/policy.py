@@ -18,6 +18,7 @@ from torch import nn
 
 from .auxiliary import build_auxiliary_losses
 from .distributed import Runtime, TrainedModules, copy_full_parameters, is_sharded, main_first, wrap_for_training
+from .errors import ConfigError
 from .lora import Adapters, apply_lora
 from .models import load_model, load_reference
 from .safety import low_precision_warning
@@ -44,12 +45,20 @@ def reference_ratchets(cfg) -> bool:
     return bool(cfg.algo.reference_ratchet_every or cfg.algo.reference_ratchet_on_eval)
 
 
-def build_policy_models(cfg, runtime: Runtime, device: str) -> PolicyModels:
+def build_policy_models(cfg, runtime: Runtime, device: str, model=None, tokenizer=None) -> PolicyModels:
     """Load and wrap everything the run trains or reads, in the order that keeps the random
-    streams of runs without LoRA as they were (LoRA's initial A values come from torch's RNG)."""
+    streams of runs without LoRA as they were (LoRA's initial A values come from torch's RNG).
+    `model`/`tokenizer`: objects a Python caller already loaded (`prepare_loaded`), used in place
+    of loading `model.name`; the policy is then that very object, trained in place."""
     m = cfg.model
-    with main_first(runtime):  # rank 0 fills the model cache; the others then read it
-        model, tokenizer = load_model(m.name, device, m.dtype, m.cache_dir, seed=cfg.train.seed)
+    if model is not None:
+        if runtime.active and cfg.dist.strategy == "fsdp":  # the replica is loaded by name
+            raise ConfigError("dist.strategy=fsdp loads a whole replica of the policy by its name: "
+                              "give the model as a name or directory, not as a loaded object")
+        model, tokenizer = prepare_loaded(model, tokenizer, device, m.dtype)
+    else:
+        with main_first(runtime):  # rank 0 fills the model cache; the others then read it
+            model, tokenizer = load_model(m.name, device, m.dtype, m.cache_dir, seed=cfg.train.seed)
     if m.gradient_checkpointing:
         model.gradient_checkpointing_enable()
     adapters = apply_lora(model, m.lora)
@@ -81,3 +90,28 @@ def build_policy_models(cfg, runtime: Runtime, device: str) -> PolicyModels:
                                         initial=base_view)
     return PolicyModels(model, tokenizer, adapters, auxiliary, trained, whole_policy, ref_model,
                         shift_monitor)
+
+
+def prepare_loaded(model: nn.Module, tokenizer, device: str, dtype: str):
+    """A caller's transformers model and tokenizer made ready as `load_model` makes its own: on
+    the run's device and dtype, in eval mode, the tokenizer padding on the left with a pad token.
+    The tokenizer is loaded from the model's `name_or_path` when not given."""
+    from transformers import AutoTokenizer
+
+    from .errors import ModelLoadError
+    from .models import resolve_device, resolve_dtype
+
+    if not hasattr(model, "generate") or not hasattr(model, "config"):
+        raise ModelLoadError(f"model: expected a transformers causal LM (AutoModelForCausalLM), "
+                             f"a model name or a directory, got {type(model).__name__}")
+    if tokenizer is None:
+        source = getattr(model, "name_or_path", "") or getattr(model.config, "_name_or_path", "")
+        if not source:
+            raise ModelLoadError("model was given as an object without a name_or_path: pass its "
+                                 "tokenizer= too")
+        tokenizer = AutoTokenizer.from_pretrained(source)
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer.padding_side = "left"
+    model.to(device=resolve_device(device), dtype=resolve_dtype(dtype))
+    return model.eval(), tokenizer

@@ -11,11 +11,20 @@ import inspect
 
 import torch
 
-from .algos import ADVANTAGES, CREDITS, credit_requirements, kl_reward_penalty, truncation_mask
+from .algos import (
+    ADVANTAGES,
+    CREDITS,
+    advantage_inputs,
+    credit_requirements,
+    kl_reward_penalty,
+    truncation_mask,
+)
+from .algos.correction import rollout_correction_weights
 from .algos.credit import DIVERGENCE_INPUT
+from .algos.objective import rollout_correction_of
 from .batch import RolloutBatch
 from .divergence import response_divergences
-from .logprobs import logprobs_no_grad, per_token_no_grad
+from .logprobs import logprobs_no_grad, per_token_no_grad, policy_token_stats
 
 
 class StepInputs:
@@ -34,6 +43,7 @@ class StepInputs:
                                        if n.startswith(DIVERGENCE_INPUT))
         self.advantage = ADVANTAGES.get(cfg.algo.advantage)
         self.advantage_options = dict(cfg.algo.advantage_options)
+        self.advantage_inputs = advantage_inputs(self.advantage, self.advantage_options)
         if (runtime is not None and runtime.active
                 and "all_ranks" in inspect.signature(self.advantage).parameters):
             self.advantage_options["all_ranks"] = runtime.sum
@@ -43,6 +53,18 @@ class StepInputs:
         """(B, T) no-grad log-probs of the batch's responses under `model`, micro-batched."""
         return logprobs_no_grad(model, batch, self.cfg.rollout.temperature,
                                 self.cfg.optim.share_prompt, self.cfg.optim.micro_batch_size)
+
+    def policy_stats(self, batch: RolloutBatch) -> dict[str, torch.Tensor]:
+        """The "policy_stats" advantage input: the current (old) policy's log-probs and
+        sum_v pi(v)^2 per response position (B, T), from one no-grad pass, micro-batched."""
+        cfg = self.cfg
+
+        def compute(view):
+            logp, sum_sq = policy_token_stats(self.model, view, cfg.rollout.temperature,
+                                              cfg.optim.share_prompt)
+            return {"logprobs": logp, "sum_sq_probs": sum_sq}
+
+        return per_token_no_grad(batch, compute, cfg.optim.micro_batch_size, self.device)
 
     def __call__(self, batch: RolloutBatch) -> dict:
         """Fill `batch` in place; returns the shift monitor's metrics (if it is on)."""
@@ -57,13 +79,20 @@ class StepInputs:
                 self.model, self.ref_model, view, temperature=cfg.rollout.temperature,
                 share_prompt=cfg.optim.share_prompt), cfg.optim.micro_batch_size, self.device)
             batch.divergence = divergences[self.divergence_kinds[0]]
-        if cfg.algo.old_logprobs == "recompute":
-            batch.old_logprobs = self.logprobs(self.model, batch)
+        stats = self.policy_stats(batch) if "policy_stats" in self.advantage_inputs else None
+        if cfg.algo.old_logprobs == "recompute":  # the stats pass gives the same log-probs
+            batch.old_logprobs = stats["logprobs"] if stats else self.logprobs(self.model, batch)
         if cfg.algo.kl_in_reward:  # after the recompute: pi_old is the trainer's where it exists
             batch.rewards = batch.rewards - kl_reward_penalty(
                 batch.old_logprobs, batch.ref_logprobs, batch.response_mask, coef=cfg.algo.kl_beta)
+        extra = dict(stats or {})
+        if "rollout_is_weights" in self.advantage_inputs:
+            correction = rollout_correction_of(cfg.algo)
+            extra["is_weights"] = rollout_correction_weights(
+                batch.old_logprobs, batch.sampler_logprobs, batch.response_mask,
+                correction)[0] if correction.active else None
         batch.advantages = self.advantage(batch.rewards, batch.group_ids, batch.response_mask,
-                                          **self.advantage_options)
+                                          **self.advantage_options, **extra)
         if cfg.reward.mask_truncated:
             batch.token_weights = truncation_mask(batch.truncated, batch.response_mask)
         return metrics

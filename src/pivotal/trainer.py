@@ -29,7 +29,6 @@ import json
 import logging
 import shlex
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -42,6 +41,7 @@ from .algos import (
     overlong_penalty,
 )
 from .batch import RolloutBatch
+from .callbacks import CallbackList
 from .config import Config, resolve_config, save_config
 from .distributed import (
     check_same_config,
@@ -53,15 +53,17 @@ from .distributed import (
     unwrapped,
 )
 from .errors import CheckpointError, NonFiniteError
-from .evaluate import evaluate, merge_eval_summaries
+from .evaluation import evaluate, merge_eval_summaries
 from .export import export_checkpoint
 from .interrupts import GracefulInterrupts, RunInterrupted
 from .labeling import build_active_labels
 from .metrics import (
     MetricsLogger,
+    StepState,
     format_before_after,
     format_eval,
     format_step,
+    gap_warning,
     group_metrics,
     merge_rank_metrics,
 )
@@ -78,21 +80,12 @@ from .validation import validate_config
 log = logging.getLogger("pivotal.trainer")
 
 
-@dataclass
-class StepState:
-    """What one training step accumulates besides its metrics: seconds per phase, label metrics."""
-
-    seconds: dict[str, float] = field(default_factory=lambda: dict.fromkeys(
-        ("sync", "generate", "score", "train"), 0.0))
-    label_metrics: dict = field(default_factory=dict)
-    sync_metrics: dict = field(default_factory=dict)  # bytes the engine's weight sync moved
-
-    def timing_metrics(self) -> dict[str, float]:
-        return {f"time_{k}": v for k, v in self.seconds.items()}
-
-
 class Trainer:
-    def __init__(self, cfg: Config, progress: bool = True):
+    """The loop. `task`, `scorer`, `model`/`tokenizer` and `callbacks` are what the Python API
+    (`pivotal.api.Trainer`) passes in place of what the config names; the CLI passes none."""
+
+    def __init__(self, cfg: Config, progress: bool = True, *, task=None, scorer=None, model=None,
+                 tokenizer=None, callbacks=()):
         resolve_config(cfg)
         validate_config(cfg)  # a no-op for a config load_config already checked, unchanged since
         self.cfg, self.progress = cfg, progress
@@ -102,10 +95,12 @@ class Trainer:
         self.out_dir = Path(cfg.train.output_dir)
         self.ckpt_dir = self.out_dir / "checkpoints"
         torch.manual_seed(cfg.train.seed)
-        self.task = build_task(cfg.task.name, **cfg.task.options)
-        self.scorer = build_scorer(cfg.reward.components, cfg.reward.extract, cfg.reward.timeout_s)
+        self.task = task if task is not None else build_task(cfg.task.name, **cfg.task.options)
+        self.scorer = scorer if scorer is not None else build_scorer(
+            cfg.reward.components, cfg.reward.extract, cfg.reward.timeout_s)
         self.active_labels = build_active_labels(cfg.reward, self.scorer)
-        models = build_policy_models(cfg, rt, rank_device(cfg.model.device, rt))
+        self.callbacks = CallbackList(callbacks)
+        models = build_policy_models(cfg, rt, rank_device(cfg.model.device, rt), model, tokenizer)
         self.model, self.tokenizer, self.adapters = models.model, models.tokenizer, models.adapters
         self.auxiliary, self.trained, self.whole_policy = models.auxiliary, models.trained, models.whole_policy
         self.ref_model, self.shift_monitor = models.ref_model, models.shift_monitor
@@ -228,7 +223,8 @@ class Trainer:
         metrics, rows = self._train_step()
         if self.runtime.active:
             metrics = merge_rank_metrics(self.runtime.gather_objects((metrics, rows)))
-        self._warn_on_gap(metrics)
+        if self.runtime.is_main and (warning := gap_warning(self.cfg.rollout, metrics, self.step + 1)):
+            log.warning(warning)
         return metrics
 
     def _train_step(self) -> tuple[dict, int]:
@@ -262,15 +258,6 @@ class Trainer:
                         **state.timing_metrics(), **state.sync_metrics})
         return metrics, batch.size
 
-    def _warn_on_gap(self, metrics: dict) -> None:
-        """A sampler whose log-probs stray from the trainer's is not running its weights."""
-        r, gap = self.cfg.rollout, metrics.get("sampler_logprob_diff", 0.0)
-        if r.gap_warn and gap > r.gap_warn and self.runtime.is_main:
-            log.warning("step %d: the sampler's log-probs differ from the trainer's by %.3g nats "
-                        "per token on average (rollout.gap_warn=%g): the %s engine is not sampling "
-                        "from the trainer's weights (a stale or failed sync?) or runs them at lower "
-                        "precision", self.step + 1, gap, r.gap_warn, r.engine)
-
     def ratchet_reference(self) -> int:
         """Make the frozen reference the current policy (OWPO's ratchet), copying weights in place
         (no second model, nothing leaks across ratchets). Returns 1 if done, 0 without one."""
@@ -279,7 +266,7 @@ class Trainer:
         copy_full_parameters(self.model, self.ref_model)
         return 1
 
-    def evaluate(self, tag: str) -> dict:
+    def evaluate(self, tag: str = "eval") -> dict:
         """Greedy held-out accuracy; with data parallelism each rank answers every world-th
         problem and rank 0 writes all records (in rank order)."""
         e, rt = self.cfg.eval, self.runtime
@@ -300,10 +287,11 @@ class Trainer:
             with open(self.out_dir / f"eval_{tag}.jsonl", "w") as f:
                 for r in records:
                     f.write(json.dumps(r) + "\n")
+        self.callbacks.evaluate(tag, summary)
         return summary
 
     # ------------------------------------------------------------------ checkpoints
-    def save(self) -> Path:
+    def save_checkpoint(self) -> Path:
         """Checkpoint the current step atomically (never from non-finite weights): one directory
         a plain `from_pretrained` loads in one process (with LoRA: peft's adapter directory), DCP
         shards from every rank with several (with LoRA: of the trainable tensors only)."""
@@ -407,7 +395,7 @@ class Trainer:
     def _timed_save(self, metrics: dict | None = None) -> Path:
         """Save, and report the checkpoint's cost (seconds, GB) in `metrics` and in one line."""
         t0 = time.perf_counter()
-        path = self.save()
+        path = self.save_checkpoint()
         seconds, gb = time.perf_counter() - t0, ckpt.directory_bytes(path) / 1e9
         if metrics is not None:
             metrics.update({"checkpoint_seconds": seconds, "checkpoint_gb": gb})
@@ -415,6 +403,7 @@ class Trainer:
             log.info("checkpoint %s: %.2f GB in %.1f s", path, gb, seconds)
         self._saved_step = self.step
         self._clock.saved()
+        self.callbacks.checkpoint(path)
         return path
 
     def train(self, resume: bool = False) -> dict:
@@ -443,7 +432,8 @@ class Trainer:
                     with self._abandonable():
                         self.history["before"] = self.evaluate("before")
                     say(format_eval("before", self.history["before"]))
-                while self.step < cfg.train.steps and (stop := self._stop_signal(interrupts)) is None:
+                while (self.step < cfg.train.steps and not rt.max_int(int(bool(self.callbacks.stop_requested)))
+                       and (stop := self._stop_signal(interrupts)) is None):
                     point = (self.cursor, self.labels_queried, ckpt.rng_state())
                     try:
                         metrics = self.train_step()
@@ -462,6 +452,7 @@ class Trainer:
                         logger.log(self.step, metrics)
                     say(format_step(self.step, cfg.train.steps, metrics))
                     bar.update(1)
+                    self.callbacks.step_end(self.step, metrics)
                 if stop is None and cfg.train.eval_before_after and "after" not in self.history:
                     with self._abandonable():
                         self.history["after"] = self.evaluate("after")
@@ -482,7 +473,9 @@ class Trainer:
                     f"{shlex.quote(str(self.out_dir / 'config.yaml'))} --resume")
                 raise RunInterrupted(stop)
         final = ckpt.latest_checkpoint(self.ckpt_dir)
-        summary = {"steps": self.step, "final_checkpoint": str(final), **self.history}
+        summary = {"steps": self.step, "final_checkpoint": str(final), **self.history,
+                   **({"stopped_by": self.callbacks.stop_requested} if self.callbacks.stop_requested else {})}
+        self.callbacks.train_end(summary)
         if rt.active or self.adapters is not None:  # the final policy as one plain HF directory
             if rt.is_main and final is not None:
                 say(f"consolidated export: {export_checkpoint(final)}")

@@ -260,7 +260,8 @@ def _dry_run_algorithms(cfg: Config) -> None:
     unseeded = {"seed"}
     stages = [
         ("algo.advantage_options", lambda: ADVANTAGES.get(a.advantage)(
-            scores, group_ids, mask, **a.advantage_options)),
+            scores, group_ids, mask, **a.advantage_options,
+            **_dry_advantage_inputs(ADVANTAGES.get(a.advantage), a.advantage_options, old, mask))),
         ("algo.credit_options", lambda: CREDITS.get(a.credit)(
             batch, current, **{k: v for k, v in a.credit_options.items() if k not in unseeded},
             **({"entropy": mask * torch.tensor([0.5, 1.5, 1.0])}
@@ -280,6 +281,22 @@ def _dry_run_algorithms(cfg: Config) -> None:
                 batch.advantages = result
 
 
+
+
+def _dry_advantage_inputs(estimator, options: dict, logprobs, mask) -> dict:
+    """Synthetic values of the inputs an advantage estimator declares, for the dry run."""
+    from .algos import advantage_inputs
+
+    try:
+        names = advantage_inputs(estimator, options)
+    except ValueError as e:
+        raise ConfigError(f"algo.advantage_options: {e}") from None
+    extra = {}
+    if "policy_stats" in names:
+        extra.update(logprobs=logprobs, sum_sq_probs=mask * 0.4)
+    if "rollout_is_weights" in names:
+        extra["is_weights"] = None
+    return extra
 
 
 def _check_servers(rollout) -> None:

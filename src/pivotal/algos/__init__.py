@@ -5,8 +5,8 @@ Importing this package fills every registry.
 """
 
 # Token-level methods register themselves on import (credit functions and NSR losses).
-from pivotal.algos import entropy_credit, nsr, token_credit  # noqa: E402,F401  (import order: after the registries)
-from pivotal.algos.advantages import ADVANTAGES, group_stats, register_advantage
+from pivotal.algos import entropy_credit, nsr, otb, token_credit  # noqa: E402,F401  (import order: after the registries)
+from pivotal.algos.advantages import ADVANTAGES, advantage_inputs, group_stats, register_advantage
 from pivotal.algos.aggregation import AGGREGATIONS, aggregate_loss, register_aggregation
 from pivotal.algos.credit import CREDITS, credit_requirements, register_credit, requires
 from pivotal.algos.kl import KL_ESTIMATORS, kl_per_token, kl_reward_penalty, register_kl
@@ -15,7 +15,7 @@ from pivotal.algos.objective import ObjectiveConfig, Totals, policy_objective
 from pivotal.algos.shaping import dynamic_sampling_mask, overlong_penalty, truncation_mask
 
 __all__ = [
-    "ADVANTAGES", "register_advantage", "group_stats",
+    "ADVANTAGES", "register_advantage", "advantage_inputs", "group_stats",
     "AGGREGATIONS", "register_aggregation", "aggregate_loss",
     "CREDITS", "register_credit", "requires", "credit_requirements",
     "KL_ESTIMATORS", "register_kl", "kl_per_token", "kl_reward_penalty",

@@ -11,6 +11,14 @@ is exactly 0. Options are keyword-only; pick an estimator by name with `ADVANTAG
 
 Group statistics are computed with `torch.unique(return_inverse=True)` plus `index_add_` /
 `scatter_reduce`, so there is no Python loop over groups and the functions run unchanged on GPU.
+
+An estimator that reads more than the scores declares it with `pivotal.algos.credit.requires`
+(names from ADVANTAGE_INPUTS), and the step passes it as keywords:
+    "policy_stats"        logprobs (B, T) and sum_sq_probs (B, T): the old policy's log-prob of
+                          each sampled token and sum_v pi(v)^2 at its position, from one no-grad
+                          pass (`pivotal.logprobs.policy_token_stats`)
+    "rollout_is_weights"  is_weights (B, T): the configured rollout correction's weights, or None
+                          when it is off
 """
 
 from __future__ import annotations
@@ -28,6 +36,17 @@ SumAcrossRanks = Callable[[Tensor], Tensor]
 
 ADVANTAGES: Registry = Registry("advantage estimator")
 register_advantage = ADVANTAGES.register
+ADVANTAGE_INPUTS = ("policy_stats", "rollout_is_weights")
+
+
+def advantage_inputs(fn: Callable, options: dict) -> frozenset[str]:
+    """The inputs beyond the scores that estimator `fn` declares under `options`."""
+    rule = getattr(fn, "requirements", None)
+    names = frozenset(rule(**options)) if rule is not None else frozenset()
+    unknown = sorted(names - set(ADVANTAGE_INPUTS))
+    if unknown:
+        raise ValueError(f"advantage input(s) {unknown} unknown; known: {', '.join(ADVANTAGE_INPUTS)}")
+    return names
 
 
 # ----------------------------------------------------------------------------------------------

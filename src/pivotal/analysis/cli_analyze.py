@@ -165,7 +165,7 @@ def generate_responses(sampler, tokenizer, problems, *, max_new_tokens: int = 48
     (format_prompt with the default instruction; Judge, correct = lenient)."""
     from tqdm.auto import tqdm
 
-    from ..evaluate import Judge
+    from ..evaluation import Judge
     from ..rollout import SamplingParams, TransformersEngine
     from ..tasks import format_prompt
 
@@ -229,6 +229,13 @@ def _print_summary(s: dict, paths: dict) -> None:
 
 
 def run(args) -> int:
+    result, paths = analyze_from_args(args)
+    _print_summary(result, paths)
+    return 0
+
+
+def analyze_from_args(args) -> tuple[dict, dict]:
+    """The analysis `pivotal analyze` (and `pivotal.analyze`) runs: (summary, paths written)."""
     from ..models import load_model
 
     _check_args(args)
@@ -268,9 +275,7 @@ def run(args) -> int:
                      micro_batch=args.micro_batch, top_k=args.top_k, progress=progress)
     result = summary(df, responses, base=args.base, rl=args.rl, source=source,
                      shift_threshold=args.shift_threshold, extra=extra)
-    paths = write_outputs(args.out, df, responses, result)
-    _print_summary(result, paths)
-    return 0
+    return result, write_outputs(args.out, df, responses, result)
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:

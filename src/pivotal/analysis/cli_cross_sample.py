@@ -38,9 +38,11 @@ def check_same_tokenizer(tokenizer_base, tokenizer_rl, base_name: str, rl_name: 
     return fb
 
 
-def _parse_task_options(text: str | None) -> dict:
+def _parse_task_options(text: str | dict | None) -> dict:
     if not text:
         return {}
+    if isinstance(text, dict):  # from the Python API
+        return text
     import yaml
 
     try:
@@ -137,6 +139,14 @@ def plot_cross_sampling(result: dict, out: str | Path) -> Path:
 
 
 def run(args) -> int:
+    result, paths = cross_sample_from_args(args, announce=True)
+    print(f"base alone {result['accuracy_base']:.3f}, rl alone {result['accuracy_rl']:.3f}")
+    print(f"wrote {' and '.join(map(str, paths))}")
+    return 0
+
+
+def cross_sample_from_args(args, announce: bool = False) -> tuple[dict, list[Path]]:
+    """The sweep `pivotal cross-sample` (and `pivotal.cross_sample`) runs: (result, files)."""
     from ..models import load_model
     from .decoding import cross_sampling_sweep
 
@@ -144,19 +154,17 @@ def run(args) -> int:
     base, tok_base = load_model(args.base, args.device, args.dtype)
     rl, tok_rl = load_model(args.rl, args.device, args.dtype)
     check_same_tokenizer(tok_base, tok_rl, args.base, args.rl)
-    print(f"pivotal cross-sample: base {args.base} | rl {args.rl} | {len(problems)} problems | "
-          f"criteria {' '.join(args.criteria)} | directions {' '.join(args.directions)}",
-          flush=True)
+    if announce:
+        print(f"pivotal cross-sample: base {args.base} | rl {args.rl} | {len(problems)} problems "
+              f"| criteria {' '.join(args.criteria)} | directions {' '.join(args.directions)}",
+              flush=True)
     result = cross_sampling_sweep(base, rl, tok_base, problems, _taus_from_args(args),
                                   args.directions, args.max_new_tokens, args.batch_size,
                                   progress=not args.quiet, base_name=args.base, rl_name=args.rl,
                                   seed=args.seed)
     out = Path(args.out)
     write_json_atomic(out / "cross_sampling.json", result)
-    plot = plot_cross_sampling(result, out / "cross_sampling.png")
-    print(f"base alone {result['accuracy_base']:.3f}, rl alone {result['accuracy_rl']:.3f}")
-    print(f"wrote {out / 'cross_sampling.json'} and {plot}")
-    return 0
+    return result, [out / "cross_sampling.json", plot_cross_sampling(result, out / "cross_sampling.png")]
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:

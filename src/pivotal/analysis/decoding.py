@@ -5,7 +5,7 @@ same prefix, each with its own KV cache; at every step both give next-token logi
 rule picks the token that is appended for both. Batched over prompts exactly like
 `pivotal.rollout.TransformersEngine` (left-padded prompts, one prefill per prompt whose cache is
 copied `num_samples` times, finished rows dropped from the batch and from both caches), and the
-engines below reuse that class's batch assembly, so they plug into `pivotal.evaluate.evaluate(...,
+engines below reuse that class's batch assembly, so they plug into `pivotal.evaluation.evaluate(...,
 engine=engine)` and give cross-sampled accuracy directly.
 
 Methods (see docs/methods.md, "Diagnostics"):
@@ -359,7 +359,7 @@ def cross_sampling_sweep(base, rl, tokenizer, problems, taus: dict | None = None
     "accuracy_metric", "accuracy_base_strict", "accuracy_rl_strict", "max_new_tokens", and per
     point "accuracy_strict", "changed", "seconds".
     """
-    from ..evaluate import evaluate
+    from ..evaluation import evaluate
     from ..tasks.base import DEFAULT_INSTRUCTION
 
     if not problems:

@@ -4,7 +4,7 @@
     task = build_task("gsm8k", data_dir="/data")
     task = build_task("file", path="my.jsonl", question_field="{Body} {Question}")
 
-Names: arithmetic, countdown, file, gsm8k, svamp, mawps, hub.
+Names: arithmetic, countdown, file, gsm8k, svamp, mawps, hub, dataset (rows a Python caller holds).
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from pivotal.registry import Registry, suggest
 from pivotal.tasks.arithmetic import ArithmeticLevel, ArithmeticTask
 from pivotal.tasks.base import DEFAULT_INSTRUCTION, Problem, Task, format_prompt
 from pivotal.tasks.countdown import CountdownTask
+from pivotal.tasks.dataset import DatasetTask
 from pivotal.tasks.files import (
     PRESETS,
     FileTask,
@@ -36,6 +37,7 @@ TASKS.register("gsm8k")(gsm8k_task)
 TASKS.register("svamp")(svamp_task)
 TASKS.register("mawps")(mawps_task)
 TASKS.register("hub")(HubTask)
+TASKS.register("dataset")(DatasetTask)  # rows from the Python API (pivotal.Trainer) or a file
 
 
 def task_options(name: str) -> list[str]:
@@ -62,6 +64,6 @@ def build_task(name: str, **options: Any) -> Task:
 
 __all__ = [
     "TASKS", "build_task", "task_options", "Problem", "Task", "format_prompt", "DEFAULT_INSTRUCTION",
-    "ArithmeticTask", "ArithmeticLevel", "CountdownTask", "FileTask", "HubTask", "HubUnavailableError",
+    "ArithmeticTask", "ArithmeticLevel", "CountdownTask", "DatasetTask", "FileTask", "HubTask", "HubUnavailableError",
     "PRESETS", "from_preset", "gsm8k_task", "svamp_task", "mawps_task",
 ]
