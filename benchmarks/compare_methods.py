@@ -12,7 +12,7 @@ the work (each claims a run before starting it; with 2 cores, two processes with
 OMP_NUM_THREADS=1 finish sooner than one with two threads).
 
     python benchmarks/compare_methods.py --base demo --seeds 0 1 2 --steps 20 \
-        --methods demo fipo dlogp divergence nsr owpo cag --out runs/compare-arith
+        --methods demo fipo dlogp divergence clip_rescue owpo cag --out runs/compare-arith
     python benchmarks/compare_methods.py --base svamp ... --out runs/compare-svamp   # real data
 
 The experiment (model, task, rollout budget, reward, evaluation) comes from the `--base` config;
@@ -199,7 +199,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--base", default="demo", help="config giving the experiment (task, budget)")
     ap.add_argument("--methods", nargs="+",
-                    default=["demo", "fipo", "dlogp", "divergence", "nsr", "owpo", "cag"])
+                    default=["demo", "fipo", "dlogp", "divergence", "clip_rescue", "owpo", "cag"])
     ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     ap.add_argument("--steps", type=int, default=30)
     ap.add_argument("--eval-every", type=int, default=10)

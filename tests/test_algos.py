@@ -426,9 +426,10 @@ def test_unknown_name_suggests(registry, typo, right):
 
 
 def test_registry_contents():
-    assert ADVANTAGES.names() == ["dr_grpo", "grpo", "otb", "reinforce_pp_baseline", "rloo"]
-    assert LOSSES.names() == ["cispo", "gmpo", "gspo", "gspo_nsr", "ppo_clip", "ppo_clip_nsr", "sapo",
-                             "vanilla_pg"]
+    assert ADVANTAGES.names() == ["dr_grpo", "grpo", "nsr", "otb", "psr", "reinforce_pp_baseline",
+                                  "rloo", "w_reinforce"]
+    assert LOSSES.names() == ["cispo", "gmpo", "gspo", "gspo_rescue", "ppo_clip", "ppo_clip_rescue",
+                              "sapo", "vanilla_pg"]
     assert AGGREGATIONS.names() == ["seq-mean-token-mean", "seq-mean-token-sum",
                                     "seq-mean-token-sum-norm", "token-mean"]
     assert KL_ESTIMATORS.names() == ["k1", "k2", "k3"]

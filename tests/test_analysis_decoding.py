@@ -25,6 +25,7 @@ from pivotal.analysis.decoding import (
     ExtrapolationEngine,
     cross_sampling_sweep,
     extrapolated_logits,
+    extrapolation_probabilities,
 )
 from pivotal.logprobs import response_logits
 from pivotal.models import load_model
@@ -227,14 +228,61 @@ def test_random_criterion_is_seeded_and_sampling_logprobs_are_right(pair):
 # ----------------------------------------------------------------------------------------------
 
 def test_extrapolation_with_gamma_zero_is_rl_greedy(pair, greedy_refs):
-    rl_ref = greedy_refs[1]
-    full = ExtrapolationEngine(*pair, gamma=0.0, where="all", top_n=0)  # z = log p_rl
-    batch, _ = full.generate(PROMPTS, 1, GREEDY)
-    assert _rows(batch) == _rows(rl_ref)
-    assert full.extrapolated == full.positions
-    none = ExtrapolationEngine(*pair, gamma=0.0, tau=-1e9, where="selected", top_n=50)
-    batch, _ = none.generate(PROMPTS, 1, GREEDY)
-    assert _rows(batch) == _rows(rl_ref) and none.extrapolated == 0
+    base_ref, rl_ref = greedy_refs
+    for propose in ("base", "rl"):  # firing everywhere, the proposer does not matter
+        full = ExtrapolationEngine(*pair, gamma=0.0, where="all", top_n=0, propose=propose)
+        batch, _ = full.generate(PROMPTS, 1, GREEDY)   # z = log p_rl
+        assert _rows(batch) == _rows(rl_ref)
+        assert full.extrapolated == full.positions
+    # never firing, the proposer decodes alone: the base model by default (the released rule)
+    for propose, ref in (("base", base_ref), ("rl", rl_ref)):
+        none = ExtrapolationEngine(*pair, gamma=0.0, tau=-1e9, where="selected", top_n=50,
+                                   propose=propose)
+        batch, _ = none.generate(PROMPTS, 1, GREEDY)
+        assert _rows(batch) == _rows(ref) and none.extrapolated == 0
+
+
+def test_the_released_rule_on_one_position_exactly():
+    # issue 17's minimal case: p_base = (0.9, 0.1), p_rl = (0.5, 0.5), gamma 0.05, tau -0.3.
+    # The base proposes A (0.9), whose Δlog p = log(0.5 / 0.9) = -0.588 fires; B's (+1.609) does
+    # not. Redrawn from z = 1.05 log p_rl - 0.05 log p_base: P(B) = sigmoid(0.05 log 9) = 0.52744.
+    # So P(fire) = 0.9 and P(B) = 0.1 + 0.9 * 0.52744 = 0.57470. Proposing with the RL model
+    # instead: P(fire) = 0.5 and P(B) = 0.5 + 0.5 * 0.52744 = 0.76372.
+    base = torch.log(torch.tensor([[0.9, 0.1]]))
+    rl = torch.log(torch.tensor([[0.5, 0.5]]))
+    params = SamplingParams(8, temperature=1.0)
+    q_b = 1 / (1 + math.exp(-0.05 * math.log(9)))
+    for propose, fire, p_b in (("base", 0.9, 0.1 + 0.9 * q_b), ("rl", 0.5, 0.5 + 0.5 * q_b)):
+        p_fire, probs = extrapolation_probabilities(base, rl, params, gamma=0.05, tau=-0.3,
+                                                    propose=propose)
+        assert float(p_fire) == pytest.approx(fire, abs=1e-6)
+        assert float(probs[0, 1]) == pytest.approx(p_b, abs=1e-6)
+        assert float(probs.sum()) == pytest.approx(1.0, abs=1e-6)
+    assert 0.1 + 0.9 * q_b == pytest.approx(0.5747, abs=1e-4)
+    assert 0.5 + 0.5 * q_b == pytest.approx(0.7637, abs=1e-4)
+    # top-p 0.7 on the base's proposal keeps A alone (0.9 >= 0.7): it always fires
+    p_fire, probs = extrapolation_probabilities(base, rl, SamplingParams(8, 1.0, top_p=0.7),
+                                                gamma=0.05, tau=-0.3)
+    assert float(p_fire) == pytest.approx(1.0)
+
+
+def test_the_engine_step_draws_from_the_exact_law():
+    # the engine's two-stage step (propose, test, redraw) sampled 40,000 times on a 4-token
+    # vocabulary matches `extrapolation_probabilities` within 4 standard errors
+    g = torch.Generator().manual_seed(3)
+    base = torch.randn(1, 4, generator=g) * 2
+    rl = torch.randn(1, 4, generator=g) * 2
+    params = SamplingParams(8, temperature=0.8, top_p=0.9)
+    engine = ExtrapolationEngine.__new__(ExtrapolationEngine)   # the rule needs no models
+    engine.gamma, engine.tau, engine.where, engine.top_n, engine.propose = 0.3, -0.2, "selected", 3, "base"
+    n = 40_000
+    step = engine._rule(base.expand(n, 4), rl.expand(n, 4), params, torch.Generator().manual_seed(0))
+    p_fire, probs = extrapolation_probabilities(base, rl, params, gamma=0.3, tau=-0.2, top_n=3)
+    freq = torch.bincount(step.tokens, minlength=4).float() / n
+    se = (probs[0] * (1 - probs[0]) / n).sqrt().clamp(min=1e-4)
+    assert ((freq - probs[0]).abs() <= 4 * se).all(), (freq, probs)
+    assert abs(step.fired.float().mean() - p_fire[0]) <= 4 * math.sqrt(p_fire[0] * (1 - p_fire[0]) / n) + 1e-4
+    assert 0.05 < float(p_fire) < 0.95   # the case exercises both branches
 
 
 def test_extrapolated_greedy_is_argmax_of_hand_computed_z(pair, greedy_refs):
@@ -268,7 +316,8 @@ def test_extrapolated_logits_function_by_hand():
 
 def test_selected_extrapolation_only_touches_low_dlogp_positions(pair):
     tau = -0.5
-    engine = ExtrapolationEngine(*pair, gamma=1.0, tau=tau, where="selected", top_n=50)
+    engine = ExtrapolationEngine(*pair, gamma=1.0, tau=tau, where="selected", top_n=50,
+                                 propose="rl")
     batch, _ = engine.generate(PROMPTS, 1, GREEDY)
     lb, lr, mask = _teacher_forced(pair, batch)
     proposed = lr.argmax(-1)

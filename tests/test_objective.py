@@ -83,11 +83,12 @@ def _updated_weights(trainer, batch, micro_batch_size: int) -> dict[str, torch.T
     {"algo.credit": "identity", "algo.aggregation": "seq-mean-token-mean"},
     {"algo.credit": "fipo", "algo.loss_options": "{dual_clip: 10.0}"},
     {"algo.credit": "dlogp", "algo.aggregation": "seq-mean-token-sum-norm"},
+    {"algo.credit": "dlogp", "algo.credit_options": "{method: ppl-norm, c: 0.5}"},
     {"algo.credit": "owpo", "algo.kl_beta": 0.05},
     {"algo.credit": "divergence", "algo.credit_options": "{normaliser: mean}"},
     {"algo.credit": "divergence", "algo.credit_options": "{normaliser: max, kind: kl_base_policy}"},
     {"algo.mtp_heads": 2},
-], ids=["identity", "fipo", "dlogp", "owpo", "divergence-mean", "divergence-max", "occ"])
+], ids=["identity", "fipo", "dlogp", "dlogp-ppl-norm", "owpo", "divergence-mean", "divergence-max", "occ"])
 def test_update_does_not_depend_on_the_micro_batch_size(tmp_path, extra):
     trainer, batch = _prepared(tmp_path, **extra)
     whole, m_whole = _updated_weights(trainer, batch, 16)
@@ -101,6 +102,50 @@ def test_update_does_not_depend_on_the_micro_batch_size(tmp_path, extra):
     if "algo.mtp_heads" in extra:  # the second mini-batch has moved the coefficients
         assert m_whole["occ_coef_1"] != 0
         assert m_rows["occ_coef_1"] == pytest.approx(m_whole["occ_coef_1"], rel=1e-4)
+
+
+def test_dropped_rows_leave_the_loss_and_its_denominator(tmp_path):
+    """A credit's `drops_rows` rule (FIPO's multi-dual-clip drop) removes whole responses from the
+    loss and the token-mean denominator: the update equals the update of the batch without them."""
+    trainer, batch = _prepared(tmp_path, **{"optim.mini_batches": 1, "algo.credit": "fipo"})
+    first = batch.group_ids[0]
+
+    def rule(micro, logprobs, **_):  # stands in for FIPO's ratio test, which needs a moved policy
+        assert logprobs.shape == micro.response_mask.shape
+        return micro.group_ids == first
+
+    rule.on_policy_drops_none = False
+
+    def update(b, drop_rule):
+        cfg = copy.deepcopy(trainer.cfg)
+        model = copy.deepcopy(trainer.model)
+        optimizer = torch.optim.SGD(model.parameters(), lr=1.0)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1.0)
+        step = PolicyUpdate(cfg, model, optimizer, scheduler, [])
+        step.credit_drops = drop_rule
+        return model.state_dict(), step(copy.deepcopy(b), 0)
+
+    dropped, m_dropped = update(batch, rule)
+    without, m_without = update(batch.select((batch.group_ids != first).nonzero().squeeze(-1)), None)
+    for key, value in without.items():
+        torch.testing.assert_close(dropped[key], value, rtol=1e-5, atol=1e-6, msg=key)
+    assert m_dropped["grad_norm"] == pytest.approx(m_without["grad_norm"], rel=1e-5)
+    n_first = int((batch.group_ids == first).sum())
+    assert m_dropped["dropped_rows_frac"] == pytest.approx(n_first / batch.size)
+
+
+def test_fipo_drops_rows_whose_ratios_pass_the_dual_clip(tmp_path):
+    """The real rule: rows with A < 0 whose old log-probs sit 5 nats below the policy's have every
+    ratio at e^5 > c = 10; FIPO drops them on the off-policy mini-batch (the first mini-batch takes
+    pi_old from its own forward, where every ratio is 1)."""
+    trainer, batch = _prepared(tmp_path, **{"algo.credit": "fipo",
+                                            "algo.loss_options": "{dual_clip: 10.0}"})
+    mask = batch.response_mask.bool()
+    candidates = (batch.advantages[:, 0] < 0) & (mask.sum(1) > 1)
+    batch.old_logprobs = torch.where(candidates[:, None] & mask, batch.old_logprobs - 5.0,
+                                     batch.old_logprobs)
+    _, metrics = _updated_weights(trainer, batch, 16)
+    assert 0 < metrics["dropped_rows_frac"] <= float(candidates.float().mean())
 
 
 # ---------------------------------------------------------------------------- entropy accuracy

@@ -104,3 +104,31 @@ def test_mtp_knobs_out_of_range_fail_at_config_time(override, culprit):
 def test_occ_scale_must_be_positive_with_heads():
     with pytest.raises(ConfigError, match="algo.occ_scale"):
         load_config(None, ["algo.mtp_heads=1", "algo.occ_scale=0"])
+
+
+def test_padded_normaliser_is_the_released_unmasked_mean(tmp_path):
+    # the released coefficient is a plain .mean() over the (B, T) response tensor padded to the
+    # rollout's length: c_padded = c_valid * N_valid / (B * T), here on a real padded tiny batch
+    from pivotal.auxiliary.occ import occ_coefficients_from_sums
+    from pivotal.logprobs import trim_padding
+
+    trainer = Trainer(tiny_config(tmp_path, **{"algo.mtp_heads": 1}), progress=False)
+    (heads,) = trainer.auxiliary
+    assert heads.normaliser == "padded" and heads.padded_length == trainer.cfg.rollout.max_new_tokens
+    batch, _ = trainer.rollout()
+    batch.old_logprobs = batch.old_logprobs - 0.1 * batch.response_mask  # the policy "moved"
+    micros = [trim_padding(batch.select(idx)) for idx in torch.arange(batch.size).split(3)]
+    padded = heads.minibatch_statistics(trainer.model, micros, on_policy=False)
+    heads.normaliser = "valid"
+    valid = heads.minibatch_statistics(trainer.model, micros, on_policy=False)
+    torch.testing.assert_close(padded["occ_numerator_sum"], valid["occ_numerator_sum"])
+    slots = batch.size * trainer.cfg.rollout.max_new_tokens
+    assert float(padded["occ_tokens_sum"][0]) == slots
+    n_valid = float(valid["occ_tokens_sum"][0])
+    assert 0 < n_valid < slots     # the batch is padded, and head 1 skips each first token
+    c_padded = occ_coefficients_from_sums(padded["occ_numerator_sum"], padded["occ_tokens_sum"])
+    c_valid = occ_coefficients_from_sums(valid["occ_numerator_sum"], valid["occ_tokens_sum"])
+    assert c_valid.abs().min() > 0
+    torch.testing.assert_close(c_padded, c_valid * n_valid / slots)
+    with pytest.raises(ConfigError, match="algo.occ_normaliser"):
+        load_config(None, ["algo.mtp_heads=1", "algo.occ_normaliser=masked"])

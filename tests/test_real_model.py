@@ -114,7 +114,7 @@ def test_real_model_trains_lora_adapters(tmp_path):
     ["algo.credit=fipo", "optim.mini_batches=4"],
     ["algo.credit=dlogp"],
     ["algo.credit=owpo", "algo.reference_ratchet_every=1"],
-    ["algo.loss=ppo_clip_nsr", "optim.mini_batches=2"],
+    ["algo.loss=ppo_clip_rescue", "optim.mini_batches=2"],
     ["reward.labels=cag_oracle", "reward.label_budget=0.5"],
     ["reward.labels=agreement", "reward.label_budget=0.5"],
     ["algo.mtp_heads=2", "optim.mini_batches=2"],

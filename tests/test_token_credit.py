@@ -12,13 +12,14 @@ import time
 import pytest
 import torch
 
-import pivotal.algos.nsr  # noqa: F401  (registers ppo_clip_nsr, gspo_nsr)
+import pivotal.algos.clip_rescue  # noqa: F401  (registers ppo_clip_rescue, gspo_rescue)
 import pivotal.algos.token_credit  # noqa: F401  (registers fipo, dlogp, owpo)
-from pivotal.algos.credit import CREDITS, credit_requirements
+from pivotal.algos.clip_rescue import reset_generators
+from pivotal.algos.credit import CREDITS, active_row_rule, credit_requirements, resolve_credit_options
 from pivotal.algos.losses import LOSSES
-from pivotal.algos.nsr import reset_generators
 from pivotal.algos.token_credit import reverse_discounted_cumsum
 from pivotal.batch import RolloutBatch
+from pivotal.config import ConfigError, load_config
 
 D = torch.float64
 
@@ -142,14 +143,28 @@ def test_fipo_drop_multi_dual_clipped():
     mask = [[1, 1, 1, 0], [1, 1, 1, 1], [1, 1, 1, 1], [1, 0, 0, 0]]
     adv = torch.tensor([-1.0, -1.0, 1.0, -1.0], dtype=D)[:, None] * torch.tensor(mask, dtype=D)
     batch = make_batch(old, mask, adv)
-    # every x is 0 (filtered or d = 0) -> F = 0 -> f = 1; safety clamp of 1 into [0.8, 1] is 1
-    f = CREDITS.get("fipo")(batch, old + d, tau=1.0)
-    assert torch.equal(f, torch.ones(4, 4, dtype=D))
-    f = CREDITS.get("fipo")(batch, old + d, tau=1.0, drop_multi_dual_clipped=True)
-    close(f, [[0.0, 0.0, 0.0, 1.0], [1.0] * 4, [1.0] * 4, [1.0] * 4])  # padding stays 1
-    # as the objective applies it (A * c), the dropped sequence's advantages are 0
-    out = batch.advantages * CREDITS.get("fipo")(batch, old + d, tau=1.0, drop_multi_dual_clipped=True)
-    close(out, [[0.0] * 4, [-1.0] * 4, [1.0] * 4, [-1.0, 0.0, 0.0, 0.0]])
+    fipo = CREDITS.get("fipo")
+    rule = active_row_rule(fipo, {})   # on by default, as in the released loss
+    assert torch.equal(rule(batch, old + d), torch.tensor([True, False, False, False]))
+    assert not rule(batch, old.clone()).any()            # on the old policy: nothing dropped
+    assert active_row_rule(fipo, {"drop_multi_dual_clipped": False}) is None
+    assert active_row_rule(fipo, {"dual_clip_c": None}) is None
+    # the multiplier itself no longer zeroes the row: every x is 0 (filtered or d = 0) -> f = 1
+    assert torch.equal(fipo(batch, old + d, tau=1.0), torch.ones(4, 4, dtype=D))
+
+
+def test_fipo_takes_the_dual_clip_from_the_loss():
+    fipo, loss = CREDITS.get("fipo"), LOSSES.get("ppo_clip")
+    assert resolve_credit_options(fipo, {}, loss, {"dual_clip": 10.0})["dual_clip_c"] == 10.0
+    assert resolve_credit_options(fipo, {}, loss, {})["dual_clip_c"] == 3.0   # ppo_clip's default
+    assert resolve_credit_options(fipo, {"dual_clip_c": 4.0}, loss, {"dual_clip": 4.0}) == {
+        "dual_clip_c": 4.0}
+    assert resolve_credit_options(fipo, {}, loss, {"dual_clip": None})["dual_clip_c"] is None
+    with pytest.raises(ValueError, match="dual_clip_c=5.0 differs from the loss's dual_clip=10.0"):
+        resolve_credit_options(fipo, {"dual_clip_c": 5.0}, loss, {"dual_clip": 10.0})
+    with pytest.raises(ConfigError, match="algo.credit_options: dual_clip_c=5"):
+        load_config(None, ["algo.credit=fipo", "algo.credit_options={dual_clip_c: 5}",
+                           "algo.loss_options={dual_clip: 10}"])
 
 
 def test_fipo_exactly_one_on_policy():
@@ -159,7 +174,7 @@ def test_fipo_exactly_one_on_policy():
     mask = (torch.rand(4, 50, generator=g) > 0.2).float()
     adv = torch.randn(4, 1, generator=g).expand(4, 50) * mask
     batch = make_batch(old, mask, adv)
-    for opts in ({}, {"f_low": 0.2, "safety": 3.0}, {"drop_multi_dual_clipped": True}):
+    for opts in ({}, {"f_low": 0.2, "safety": 3.0}, {"drop_multi_dual_clipped": False}):
         assert torch.equal(CREDITS.get("fipo")(batch, old.clone(), **opts), torch.ones(4, 50))
 
 
@@ -208,7 +223,7 @@ def test_fipo_errors():
     with pytest.raises(ValueError, match="tau"):
         CREDITS.get("fipo")(batch, lp, tau=0.0)
     with pytest.raises(ValueError, match="dual_clip_c"):
-        CREDITS.get("fipo")(batch, lp, dual_clip_c=None, drop_multi_dual_clipped=True)
+        CREDITS.get("fipo")(batch, lp, dual_clip_c=0.0)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -274,7 +289,7 @@ def wide(ratio, adv, n=20000, dtype=D):
     return lp, old, torch.full((1, n), adv, dtype=dtype), torch.ones(1, n, dtype=dtype)
 
 
-def test_ppo_clip_nsr_inside_trust_region_is_ppo_clip():
+def test_ppo_clip_rescue_inside_trust_region_is_ppo_clip():
     # every token is either inside [0.8, 1.28] or on a branch ppo_clip leaves unclipped
     # (A>0 with r < 0.8, A<0 with r > 1.28) or dual-clipped (A<0, r = 5 > 3): nothing to rescue
     ratios = torch.tensor([1.1, 0.85, 1.25, 0.5, 1.6, 5.0, 1.0], dtype=D)
@@ -284,17 +299,17 @@ def test_ppo_clip_nsr_inside_trust_region_is_ppo_clip():
     lp_base = torch.cat([old[:1] + ratios.log(), torch.full((1, 7), 30.0, dtype=D)])
     lp_a, lp_b = lp_base.clone().requires_grad_(), lp_base.clone().requires_grad_()
     base = LOSSES.get("ppo_clip")(lp_a, old, adv, mask)
-    nsr = LOSSES.get("ppo_clip_nsr")(lp_b, old, adv, mask, seed=0)
-    assert torch.equal(nsr.per_token_loss, base.per_token_loss)
+    rescue = LOSSES.get("ppo_clip_rescue")(lp_b, old, adv, mask, seed=0)
+    assert torch.equal(rescue.per_token_loss, base.per_token_loss)
     base.per_token_loss.sum().backward()
-    nsr.per_token_loss.sum().backward()
+    rescue.per_token_loss.sum().backward()
     assert torch.equal(lp_b.grad, lp_a.grad)
     for k, v in base.metrics.items():
-        assert torch.equal(nsr.metrics[k], v), k
-    assert nsr.metrics["rescued_frac"] == 0
+        assert torch.equal(rescue.metrics[k], v), k
+    assert rescue.metrics["rescued_frac"] == 0
 
 
-def test_ppo_clip_nsr_positive_monte_carlo():
+def test_ppo_clip_rescue_positive_monte_carlo():
     """A = +1, r = 2 > 1 + eps_h = 1.28, u ~ U(0, 1], r' = u r.
 
     Rescued iff u r <= 1.28, i.e. u <= 1.28/2 = 0.64 (probability 0.64); then the loss is -A u r
@@ -305,7 +320,7 @@ def test_ppo_clip_nsr_positive_monte_carlo():
     (FIPO's decay factor). Std of one draw ~0.43, so 20000 draws give ~0.7 % error.
     """
     lp, old, adv, mask = wide(2.0, 1.0)
-    out = LOSSES.get("ppo_clip_nsr")(lp, old, adv, mask, seed=0)
+    out = LOSSES.get("ppo_clip_rescue")(lp, old, adv, mask, seed=0)
     out.per_token_loss.sum().backward()
     grad, loss = lp.grad[0], out.per_token_loss[0].detach()
     assert grad.mean().item() == pytest.approx(-0.4096, rel=0.03)
@@ -318,7 +333,7 @@ def test_ppo_clip_nsr_positive_monte_carlo():
     assert (loss[~rescued] == -1.28).all()
 
 
-def test_ppo_clip_nsr_negative_mirror_monte_carlo():
+def test_ppo_clip_rescue_negative_mirror_monte_carlo():
     """A = -1, r = 0.5 < 1 - eps_l = 0.8, r' = r/u, dual_clip c = 3.
 
     Rescued iff 0.8 <= 0.5/u <= 3, i.e. u in [0.5/3, 0.5/0.8] = [0.1667, 0.625] (probability
@@ -327,7 +342,7 @@ def test_ppo_clip_nsr_negative_mirror_monte_carlo():
     (Without the cap c the integral runs down to u = 0 and diverges.)
     """
     lp, old, adv, mask = wide(0.5, -1.0)
-    out = LOSSES.get("ppo_clip_nsr")(lp, old, adv, mask, seed=1)
+    out = LOSSES.get("ppo_clip_rescue")(lp, old, adv, mask, seed=1)
     out.per_token_loss.sum().backward()
     grad, loss = lp.grad[0], out.per_token_loss[0].detach()
     assert grad.mean().item() == pytest.approx(0.6608779, rel=0.03)
@@ -338,16 +353,16 @@ def test_ppo_clip_nsr_negative_mirror_monte_carlo():
     assert (loss[~rescued] == 0.8).all()  # clipped: -A * clamp(0.5, 0.8, 1.28) = 0.8
     # the mirror off: exactly ppo_clip; with no dual-clip it must be off
     lp2, old2, adv2, mask2 = wide(0.5, -1.0, n=10)
-    off = LOSSES.get("ppo_clip_nsr")(lp2, old2, adv2, mask2, rescue_negative=False,
+    off = LOSSES.get("ppo_clip_rescue")(lp2, old2, adv2, mask2, rescue_negative=False,
                                      dual_clip=None)
     assert torch.equal(off.per_token_loss, torch.full((1, 10), 0.8, dtype=D))
     with pytest.raises(ValueError, match="dual_clip"):
-        LOSSES.get("ppo_clip_nsr")(lp2, old2, adv2, mask2, dual_clip=None)
+        LOSSES.get("ppo_clip_rescue")(lp2, old2, adv2, mask2, dual_clip=None)
 
 
-def test_nsr_seed_reproducible():
+def test_clip_rescue_seed_reproducible():
     lp, old, adv, mask = wide(2.0, 1.0, n=200)
-    loss = LOSSES.get("ppo_clip_nsr")
+    loss = LOSSES.get("ppo_clip_rescue")
     state = torch.get_rng_state()
     reset_generators()
     first = loss(lp, old, adv, mask, seed=123).per_token_loss
@@ -373,7 +388,7 @@ def gspo_wide(seq_ratio, adv, n=20000):
     return lp, old, torch.full((n, 3), adv, dtype=D), torch.ones(n, 3, dtype=D)
 
 
-def test_gspo_nsr_inside_trust_region_is_gspo():
+def test_gspo_rescue_inside_trust_region_is_gspo():
     # s = e^0.0001 (inside [1-3e-4, 1+4e-4]), s = 1.5 with A<0, s = 0.5 with A>0: no rescue
     old = torch.full((3, 2), -1.0, dtype=D)
     log_s = torch.tensor([1e-4, math.log(1.5), math.log(0.5)], dtype=D)[:, None]
@@ -382,15 +397,15 @@ def test_gspo_nsr_inside_trust_region_is_gspo():
     mask = torch.ones(3, 2, dtype=D)
     lp_a, lp_b = lp_base.clone().requires_grad_(), lp_base.clone().requires_grad_()
     base = LOSSES.get("gspo")(lp_a, old, adv, mask)
-    nsr = LOSSES.get("gspo_nsr")(lp_b, old, adv, mask, seed=0)
-    assert torch.equal(nsr.per_token_loss, base.per_token_loss)
+    rescue = LOSSES.get("gspo_rescue")(lp_b, old, adv, mask, seed=0)
+    assert torch.equal(rescue.per_token_loss, base.per_token_loss)
     base.per_token_loss.sum().backward()
-    nsr.per_token_loss.sum().backward()
+    rescue.per_token_loss.sum().backward()
     assert torch.equal(lp_b.grad, lp_a.grad)
-    assert nsr.metrics["rescued_frac"] == 0
+    assert rescue.metrics["rescued_frac"] == 0
 
 
-def test_gspo_nsr_monte_carlo_both_signs():
+def test_gspo_rescue_monte_carlo_both_signs():
     """Same rule on the sequence ratio s, one u per sequence; d s_it / d lp_t = s.
 
     A = +1, s = 1.5, eps_h = 4e-4: P(rescue) = 1.0004/1.5 = 0.6669333,
@@ -399,7 +414,7 @@ def test_gspo_nsr_monte_carlo_both_signs():
         E[grad] = s ln(3/0.9997) = 0.5 * 1.0989124 = 0.5494562.
     """
     lp, old, adv, mask = gspo_wide(1.5, 1.0)
-    out = LOSSES.get("gspo_nsr")(lp, old, adv, mask, seed=0)
+    out = LOSSES.get("gspo_rescue")(lp, old, adv, mask, seed=0)
     out.per_token_loss.sum().backward()
     assert lp.grad[:, 0].mean().item() == pytest.approx(-0.3336001, rel=0.03)
     assert out.metrics["rescued_frac"].item() == pytest.approx(0.6669333, abs=0.015)
@@ -407,9 +422,9 @@ def test_gspo_nsr_monte_carlo_both_signs():
     assert torch.equal(lp.grad[:, 0], lp.grad[:, 1]) and torch.equal(lp.grad[:, 0], lp.grad[:, 2])
 
     lp, old, adv, mask = gspo_wide(0.5, -1.0)
-    out = LOSSES.get("gspo_nsr")(lp, old, adv, mask, seed=0)
+    out = LOSSES.get("gspo_rescue")(lp, old, adv, mask, seed=0)
     out.per_token_loss.sum().backward()
     assert lp.grad[:, 0].mean().item() == pytest.approx(0.5494562, rel=0.03)
     assert (lp.grad <= 3.0 + 1e-9).all()
     with pytest.raises(ValueError, match="rescue_cap"):
-        LOSSES.get("gspo_nsr")(lp, old, adv, mask, rescue_cap=None)
+        LOSSES.get("gspo_rescue")(lp, old, adv, mask, rescue_cap=None)

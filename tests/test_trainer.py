@@ -133,7 +133,7 @@ def test_summary_reports_before_and_after(tmp_path):
     {"algo.old_logprobs": "recompute", "optim.epochs_per_rollout": 2},
     {"algo.credit": "fipo", "optim.mini_batches": 2, "algo.loss_options": "{dual_clip: 10.0}"},
     {"algo.credit": "owpo"},  # needs reference log-probs: loaded although kl_beta is 0
-    {"algo.credit": "dlogp", "algo.loss": "ppo_clip_nsr"},
+    {"algo.credit": "dlogp", "algo.loss": "ppo_clip_rescue"},
     {"algo.credit": "divergence", "algo.credit_options": "{alpha: 0.5, kind: kl_base_policy}",
      "optim.mini_batches": 1, "optim.epochs_per_rollout": 2},
     {"reward.labels": "agreement", "reward.label_budget": 0.5},

@@ -139,7 +139,7 @@ def run_eval(args, cfg) -> dict:
                                            output_dir=args.out)
     try:
         summary, records = evaluate(model, tokenizer, problems, n_samples=cfg.eval.n_samples,
-                                    temperature=cfg.eval.temperature,
+                                    temperature=cfg.eval.temperature, top_p=cfg.eval.top_p,
                                     max_new_tokens=cfg.eval.max_new_tokens,
                                     batch_size=cfg.eval.batch_size,
                                     instruction=cfg.task.instruction,
@@ -152,6 +152,7 @@ def run_eval(args, cfg) -> dict:
     if extrapolation is not None:
         summary["extrapolation"] = {"base": args.extrapolate_base, "gamma": args.gamma,
                                     "tau": args.tau, "where": args.extrapolate_where,
+                                    "propose": args.extrapolate_from, "top_p": cfg.eval.top_p,
                                     "top_n": args.extrapolate_top_n,
                                     "extrapolated_positions": extrapolation.replaced,
                                     "changed_positions": extrapolation.changed,

@@ -195,6 +195,9 @@ class AlgoConfig:
                         "jointly with OCC coefficients (arXiv 2605.28184); 0 = none.")
     occ_scale: float = _f(0.1, "OCC's s: head k's advantage is scaled by (s/K) * the calibrated "
                           "coefficient. The authors use 0.1.")
+    occ_normaliser: str = _f("padded", "The mean in OCC's coefficient: 'padded' (the released "
+                             "code: over rows x rollout.max_new_tokens, padding included) or "
+                             "'valid' (over the tokens a head scores).")
 
 
 @dataclass
@@ -265,6 +268,8 @@ class EvalConfig:
     size: int = _f(100, "Held-out problems to evaluate (<= the task's eval set).")
     n_samples: int = _f(1, "Samples per problem for avg@n / pass@k / maj@n (1 = greedy only).")
     temperature: float = _f(1.0, "Sampling temperature when n_samples > 1.")
+    top_p: float = _f(1.0, "Nucleus (top-p) of the sampled answers when n_samples > 1 (1 = off; "
+                      "the Δlog p paper's extrapolation samples with 0.7).")
     max_new_tokens: int = _f(48, "Response length cap at evaluation.")
     batch_size: int = _f(50, "Prompts per generation batch.")
 

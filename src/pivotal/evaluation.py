@@ -76,7 +76,8 @@ def _generate_all(engine, prompts, n, params, batch_size, seed, desc, progress, 
 
 
 def evaluate(model, tokenizer, problems: list[Problem], *, n_samples: int = 1,
-             temperature: float = 1.0, max_new_tokens: int = 64, batch_size: int = 32,
+             temperature: float = 1.0, top_p: float = 1.0, max_new_tokens: int = 64,
+             batch_size: int = 32,
              instruction: str = DEFAULT_INSTRUCTION, system_prompt: str | None = None,
              seed: int = 0, progress: bool = True, engine=None,
              keep_partial: bool = False) -> tuple[dict, list[dict]]:
@@ -116,7 +117,7 @@ def evaluate(model, tokenizer, problems: list[Problem], *, n_samples: int = 1,
     if stopped:
         summary["interrupted"] = stopped
     if n_samples > 1 and not stopped:
-        params = SamplingParams(max_new_tokens, temperature=temperature)
+        params = SamplingParams(max_new_tokens, temperature=temperature, top_p=top_p)
         sampled, stopped = _generate_all(engine, prompts, n_samples, params, batch_size, seed + 1,
                                          f"eval {n_samples} samples", progress, keep_partial)
         ks = [k for k in (1, 2, 4, 8, 16, 32, 64, 128, 256) if k <= n_samples]

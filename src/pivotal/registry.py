@@ -34,6 +34,7 @@ class Registry(Generic[F]):
     def __init__(self, kind: str):
         self.kind = kind
         self._table: dict[str, F] = {}
+        self._renamed: dict[str, str] = {}   # old name -> the sentence saying what it is now
 
     def register(self, name: str) -> Callable[[F], F]:
         def decorator(fn: F) -> F:
@@ -44,7 +45,15 @@ class Registry(Generic[F]):
 
         return decorator
 
+    def renamed(self, old: str, new: str, why: str = "") -> None:
+        """Record that entry `old` is now called `new`: asking for `old` raises an error that says
+        so (and why), instead of "unknown", so that a config written before the rename is told
+        what to write."""
+        self._renamed[old] = f"{self.kind} '{old}' was renamed '{new}'" + (f" ({why})" if why else "")
+
     def get(self, name: str) -> F:
+        if name in self._renamed and name not in self._table:
+            raise UnknownNameError(f"{self._renamed[name]}; set '{name}' to the new name")
         if name not in self._table:
             raise UnknownNameError(
                 f"unknown {self.kind} '{name}'.{suggest(name, self.names())} "

@@ -17,6 +17,7 @@ from .algos import (
     advantage_inputs,
     credit_requirements,
     kl_reward_penalty,
+    trained_rows,
     truncation_mask,
 )
 from .algos.correction import rollout_correction_weights
@@ -38,7 +39,9 @@ class StepInputs:
 
     def __init__(self, cfg, model, ref_model, shift_monitor, runtime=None):
         self.cfg, self.model, self.ref_model, self.shift_monitor = cfg, model, ref_model, shift_monitor
-        inputs = credit_requirements(CREDITS.get(cfg.algo.credit), cfg.algo.credit_options)
+        credit = CREDITS.get(cfg.algo.credit)
+        inputs = credit_requirements(credit, cfg.algo.credit_options)
+        self.credit_statistics = getattr(credit, "rollout_statistics", None)
         self.divergence_kinds = sorted(n[len(DIVERGENCE_INPUT):] for n in inputs
                                        if n.startswith(DIVERGENCE_INPUT))
         self.advantage = ADVANTAGES.get(cfg.algo.advantage)
@@ -48,6 +51,7 @@ class StepInputs:
                 and "all_ranks" in inspect.signature(self.advantage).parameters):
             self.advantage_options["all_ranks"] = runtime.sum
         self.device = next(model.parameters()).device
+        self._trained = None  # the last filled batch's trained rows (B,) bool, or None: all
 
     def logprobs(self, model, batch: RolloutBatch) -> torch.Tensor:
         """(B, T) no-grad log-probs of the batch's responses under `model`, micro-batched."""
@@ -86,6 +90,8 @@ class StepInputs:
             batch.rewards = batch.rewards - kl_reward_penalty(
                 batch.old_logprobs, batch.ref_logprobs, batch.response_mask, coef=cfg.algo.kl_beta)
         extra = dict(stats or {})
+        if "correct" in self.advantage_inputs:
+            extra["correct"] = batch.correct.bool()
         if "rollout_is_weights" in self.advantage_inputs:
             correction = rollout_correction_of(cfg.algo)
             extra["is_weights"] = rollout_correction_weights(
@@ -95,4 +101,17 @@ class StepInputs:
                                           **self.advantage_options, **extra)
         if cfg.reward.mask_truncated:
             batch.token_weights = truncation_mask(batch.truncated, batch.response_mask)
+        if self.credit_statistics is not None:  # whole-group inputs of the credit, once per step
+            batch.extras.update(self.credit_statistics(batch, **cfg.algo.credit_options))
+        self._trained = trained_rows(self.advantage, extra, self.advantage_options)
         return metrics
+
+    def trained_rows(self, batch: RolloutBatch) -> tuple[RolloutBatch, dict]:
+        """The rows of a filled batch that the update trains on: all of them, unless the advantage
+        estimator declares a subset (`pivotal.algos.advantages.trains_on`; PSR keeps the correct
+        responses). Returns the batch (a new one when rows were left out) and the kept share."""
+        keep, self._trained = self._trained, None
+        if keep is None:
+            return batch, {}
+        share = {"trained_rows_frac": keep.float().mean().item() if batch.size else 0.0}
+        return batch.select(keep.nonzero().squeeze(-1)), share

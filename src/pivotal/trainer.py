@@ -240,6 +240,12 @@ class Trainer:
             return {**metrics, "skipped": 1, **state.timing_metrics()}, batch.size
         t_train = time.perf_counter()
         metrics.update(self.prepare(batch))
+        batch, share = self.step_inputs.trained_rows(batch)  # e.g. PSR: the correct rows only
+        metrics.update(share)
+        if not rt.all_true(batch.size > 0):
+            log.warning("step %d: the advantage estimator trains on none of the rows%s; no update",
+                        self.step, " on some rank" if rt.active else "")
+            return {**metrics, "skipped": 1, **state.timing_metrics()}, batch.size
         self.last_batch = batch  # kept for inspection and the benchmarks
         if not rt.all_true(bool(torch.isfinite(batch.rewards).all()
                                 and torch.isfinite(batch.advantages).all())):

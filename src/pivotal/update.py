@@ -20,8 +20,9 @@ from dataclasses import dataclass
 
 import torch
 
-from .algos import CREDITS, credit_requirements
+from .algos import CREDITS, LOSSES, credit_requirements
 from .algos.correction import logprob_mismatch
+from .algos.credit import active_row_rule, resolve_credit_options
 from .algos.objective import ObjectiveConfig, Totals, loss_mask, policy_objective
 from .batch import RolloutBatch
 from .distributed import SINGLE, Runtime, TrainedModules, full_tensor, gradient_sync
@@ -93,7 +94,9 @@ class PolicyUpdate:
         self.trained = trained if trained is not None else TrainedModules(model, auxiliary)
         self.objective = ObjectiveConfig.from_config(cfg)
         self.credit = CREDITS.get(cfg.algo.credit)
-        self.credit_options = dict(cfg.algo.credit_options)
+        self.credit_options = resolve_credit_options(self.credit, cfg.algo.credit_options,
+                                                     LOSSES.get(cfg.algo.loss), cfg.algo.loss_options)
+        self.credit_drops = active_row_rule(self.credit, self.credit_options)
         self.credit_statistics = getattr(self.credit, "minibatch_statistics", None)
         self.credit_reads_entropy = "entropy" in credit_requirements(self.credit,
                                                                      self.credit_options)
@@ -112,6 +115,7 @@ class PolicyUpdate:
         grad_norms, skipped = [], []
         mismatch = Mismatch()
         on_policy = True  # no optimizer step since the rollout: pi_theta == pi_old exactly
+        dropped_rows = 0
         for epoch in range(cfg.optim.epochs_per_rollout):
             gen = torch.Generator().manual_seed(seed_for(cfg.train.seed, step, epoch, 7))
             order = torch.randperm(batch.size, generator=gen)
@@ -121,10 +125,6 @@ class PolicyUpdate:
                      else order.chunk(cfg.optim.mini_batches))
             for mini_idx in parts:
                 mini = batch.select(mini_idx)
-                tokens, seqs = rt.sum_floats(
-                    loss_mask(mini.response_mask, mini.token_weights).sum().item(), mini.size)
-                totals = Totals(tokens=max(tokens, 1.0), seqs=int(seqs),
-                                max_len=cfg.rollout.max_new_tokens)
                 credit_stats = (rt.reduce_statistics(self.credit_statistics(mini, **self.credit_options))
                                 if self.credit_statistics is not None else None)
                 by_length = torch.argsort(mini.response_lengths, stable=True)
@@ -135,6 +135,12 @@ class PolicyUpdate:
                 n_real, n_micro = len(micros), rt.max_int(len(micros))
                 if not micros:  # this rank has no rows here: one row of the batch, weight 0
                     micros = [trim_padding(batch.select(order[:1])).to(self.device)]
+                dropped_rows += self._drop_rows(micros, n_real, n_micro, on_policy)
+                tokens, seqs = rt.sum_floats(sum(
+                    loss_mask(m.response_mask, m.token_weights).sum().item() for m in micros[:n_real]),
+                    mini.size)
+                totals = Totals(tokens=max(tokens, 1.0), seqs=int(seqs),
+                                max_len=cfg.rollout.max_new_tokens)
                 finite_loss = True
                 for i in range(n_micro):
                     micro = micros[min(i, len(micros) - 1)]
@@ -164,7 +170,33 @@ class PolicyUpdate:
             out["skipped_optimizer_steps"] = len(skipped)
             out["nonfinite"] = skipped[0]
         out.update(mismatch.reduced(rt).metrics())
+        if self.credit_drops is not None:  # rows over every epoch's mini-batches, all ranks
+            out["dropped_rows_frac"] = rt.sum_floats(dropped_rows)[0] / max(
+                rt.sum_floats(batch.size)[0] * cfg.optim.epochs_per_rollout, 1)
         return out
+
+    @torch.no_grad()
+    def _drop_rows(self, micros: list[RolloutBatch], n_real: int, n_micro: int,
+                   on_policy: bool) -> int:
+        """Give the rows the credit's `drops_rows` rule drops (`pivotal.algos.credit`) token weight
+        0 on this mini-batch's micro-batches, in place, from one no-grad pass of the current policy
+        (every rank runs `n_micro` forwards, so FSDP2's all-gathers pair up). Returns the number of
+        rows dropped on this rank."""
+        if self.credit_drops is None or (on_policy and self.credit_drops.on_policy_drops_none):
+            return 0
+        cfg, dropped = self.cfg, 0
+        for i in range(n_micro):
+            micro = micros[min(i, len(micros) - 1)]
+            logp = self.trained(lambda policy, m=micro: policy_logprobs(
+                policy, m, cfg.rollout.temperature, share_prompt=cfg.optim.share_prompt)[0])
+            if i >= n_real:
+                continue
+            drop = self.credit_drops(micro, logp, **self.credit_options)
+            weights = (micro.token_weights if micro.token_weights is not None
+                       else torch.ones_like(micro.response_mask, dtype=torch.float32))
+            micro.token_weights = torch.where(drop[:, None], torch.zeros_like(weights), weights)
+            dropped += int(drop.sum())
+        return dropped
 
     def _optimizer_step(self, cause: str | None) -> tuple[float, str | None]:
         """Clip (when optim.max_grad_norm > 0), step, zero the gradients. A non-finite loss

@@ -90,6 +90,9 @@ def validate_config(cfg: Config) -> None:
         raise ConfigError(f"algo.mtp_heads must be between 0 (none) and 8, got {cfg.algo.mtp_heads}")
     if cfg.algo.mtp_heads and not cfg.algo.occ_scale > 0:
         raise ConfigError(f"algo.occ_scale must be > 0 with MTP heads, got {cfg.algo.occ_scale}")
+    if cfg.algo.occ_normaliser not in ("padded", "valid"):
+        raise ConfigError(f"algo.occ_normaliser must be 'padded' or 'valid', got "
+                          f"{cfg.algo.occ_normaliser!r}")
     if cfg.algo.old_logprobs not in ("rollout", "recompute"):
         raise ConfigError("algo.old_logprobs must be 'rollout' or 'recompute'")
     for path in ("rollout.prompts_per_step", "rollout.group_size", "rollout.max_new_tokens",
@@ -130,8 +133,9 @@ def validate_config(cfg: Config) -> None:
                           f"{cfg.train.shift_thresholds}")
     if cfg.algo.reference_ratchet_on_eval and not cfg.train.eval_every:
         raise ConfigError("algo.reference_ratchet_on_eval needs train.eval_every > 0")
-    if not 0 < cfg.rollout.top_p <= 1:
-        raise ConfigError(f"rollout.top_p must be in (0, 1], got {cfg.rollout.top_p}")
+    for path, value in (("rollout.top_p", cfg.rollout.top_p), ("eval.top_p", cfg.eval.top_p)):
+        if not 0 < value <= 1:
+            raise ConfigError(f"{path} must be in (0, 1], got {value}")
     if cfg.optim.mini_batches > cfg.rollout.prompts_per_step * cfg.rollout.group_size:
         raise ConfigError("optim.mini_batches exceeds the number of responses per step "
                           "(rollout.prompts_per_step x rollout.group_size)")
@@ -244,6 +248,7 @@ def _dry_run_algorithms(cfg: Config) -> None:
     import torch
 
     from .algos import ADVANTAGES, CREDITS, LOSSES, credit_requirements
+    from .algos.credit import resolve_credit_options
     from .batch import RolloutBatch
 
     mask = torch.tensor([[1.0, 1.0, 1.0], [1.0, 1.0, 0.0], [1.0, 0.0, 0.0], [1.0, 1.0, 1.0]])
@@ -263,7 +268,9 @@ def _dry_run_algorithms(cfg: Config) -> None:
             scores, group_ids, mask, **a.advantage_options,
             **_dry_advantage_inputs(ADVANTAGES.get(a.advantage), a.advantage_options, old, mask))),
         ("algo.credit_options", lambda: CREDITS.get(a.credit)(
-            batch, current, **{k: v for k, v in a.credit_options.items() if k not in unseeded},
+            batch, current, **{k: v for k, v in resolve_credit_options(
+                CREDITS.get(a.credit), a.credit_options, LOSSES.get(a.loss), a.loss_options).items()
+                if k not in unseeded},
             **({"entropy": mask * torch.tensor([0.5, 1.5, 1.0])}
                if "entropy" in credit_requirements(CREDITS.get(a.credit), a.credit_options)
                else {}))),
@@ -296,6 +303,8 @@ def _dry_advantage_inputs(estimator, options: dict, logprobs, mask) -> dict:
         extra.update(logprobs=logprobs, sum_sq_probs=mask * 0.4)
     if "rollout_is_weights" in names:
         extra["is_weights"] = None
+    if "correct" in names:
+        extra["correct"] = mask.new_tensor([1, 0, 0, 1]).bool()  # the dry scores' verdicts
     return extra
 
 

@@ -19,6 +19,12 @@ An estimator that reads more than the scores declares it with `pivotal.algos.cre
                           pass (`pivotal.logprobs.policy_token_stats`)
     "rollout_is_weights"  is_weights (B, T): the configured rollout correction's weights, or None
                           when it is off
+    "correct"             correct (B,) bool: the task verifier's verdict on each response
+
+An estimator that trains on a subset of the rows (PSR: the correct responses only) declares it with
+`@trains_on(rule)`: `rule(**inputs, **options) -> (B,) bool`, True for the rows the update trains
+on. The step removes the others from the batch before the update (`trained_rows`), so they leave
+the loss and its denominators and cost no compute, as a batch subset does in the released code.
 """
 
 from __future__ import annotations
@@ -36,7 +42,7 @@ SumAcrossRanks = Callable[[Tensor], Tensor]
 
 ADVANTAGES: Registry = Registry("advantage estimator")
 register_advantage = ADVANTAGES.register
-ADVANTAGE_INPUTS = ("policy_stats", "rollout_is_weights")
+ADVANTAGE_INPUTS = ("policy_stats", "rollout_is_weights", "correct")
 
 
 def advantage_inputs(fn: Callable, options: dict) -> frozenset[str]:
@@ -47,6 +53,22 @@ def advantage_inputs(fn: Callable, options: dict) -> frozenset[str]:
     if unknown:
         raise ValueError(f"advantage input(s) {unknown} unknown; known: {', '.join(ADVANTAGE_INPUTS)}")
     return names
+
+
+def trains_on(rule: Callable[..., Tensor]) -> Callable[[Callable], Callable]:
+    """Decorator: the estimator trains only on the rows `rule(**inputs, **options)` marks True."""
+
+    def decorator(fn: Callable) -> Callable:
+        fn.trained_rows = rule
+        return fn
+
+    return decorator
+
+
+def trained_rows(fn: Callable, inputs: dict, options: dict) -> Tensor | None:
+    """(B,) bool: the rows estimator `fn` trains on under `options`, or None for all of them."""
+    rule = getattr(fn, "trained_rows", None)
+    return None if rule is None else rule(**inputs, **options).bool()
 
 
 # ----------------------------------------------------------------------------------------------

@@ -27,6 +27,27 @@ normalise over the whole mini-batch (the divergence credit's mean / max). Such a
 before it is split, and the credit function receives the result as its `stats` keyword. Each name
 ends in `_sum` or `_max`, which says how the values of several parts combine (added, or the
 maximum), so that statistics of row subsets can be merged, across micro-batches or processes.
+
+Rollout statistics. A credit whose multiplier needs whole groups (Δlog p's ppl-norm standardises
+each response within its group) declares `@rollout_statistics(fn)`: `fn(batch, **options) ->
+{extras key: (B,) or (B, T) tensor}` runs once on the step's rollout batch after the advantages
+(with data parallelism, on each rank's rows, which are whole groups), the results go into
+batch.extras and follow the rows into every mini- and micro-batch.
+
+Dropped rows. A method may leave whole responses out of the loss, and out of its denominators, by
+a rule on the current policy (FIPO drops a response with more than one dual-clipped token). It
+declares `@drops_rows(rule, active)`: `rule(batch, logprobs, **options) -> (B,) bool`, True for
+the rows to drop, and `active(**options) -> bool`, whether the rule is on. The update evaluates it once per
+mini-batch, from a no-grad pass of the current policy before the gradient passes (the weights do
+not move within a mini-batch, so the rows it drops are the ones the released code drops per
+micro-batch), and gives the dropped rows token weight 0, which removes them from the loss mask.
+Right after a rollout the policy is the old policy, and the pass is skipped where the rule drops
+nothing there (`on_policy_drops_none=True`, the default).
+
+Options shared with the loss. A credit that must use the same value as one of the policy loss's
+options (FIPO's IS filter and the loss's dual clip are one constant in the released code)
+declares `@shares_loss_options({"credit_option": "loss_option"})`: `resolve_credit_options`
+gives the credit the loss's value (configured or default) and refuses a different one.
 """
 
 from __future__ import annotations
@@ -66,6 +87,69 @@ def minibatch_statistics(stats_fn: Callable[..., dict[str, Tensor]]) -> Callable
         return fn
 
     return decorator
+
+
+def rollout_statistics(stats_fn: Callable[..., dict[str, Tensor]]) -> Callable[[Callable], Callable]:
+    """Decorator: `stats_fn(batch, **options)` fills batch.extras once per rollout batch (see the
+    module docstring)."""
+
+    def decorator(fn: Callable) -> Callable:
+        fn.rollout_statistics = stats_fn
+        return fn
+
+    return decorator
+
+
+def drops_rows(rule: Callable[..., Tensor], active: Callable[..., bool],
+               on_policy_drops_none: bool = True) -> Callable[[Callable], Callable]:
+    """Decorator: the credit function drops whole rows by `rule(batch, logprobs, **options)`
+    (B,) bool, when `active(**options)` (see the module docstring)."""
+
+    def decorator(fn: Callable) -> Callable:
+        rule.active, rule.on_policy_drops_none = active, on_policy_drops_none
+        fn.dropped_rows = rule
+        return fn
+
+    return decorator
+
+
+def active_row_rule(fn: Callable, options: dict) -> Callable[..., Tensor] | None:
+    """The credit's `drops_rows` rule when it is on under `options`, else None."""
+    rule = getattr(fn, "dropped_rows", None)
+    return rule if rule is not None and rule.active(**options) else None
+
+
+def shares_loss_options(names: dict[str, str]) -> Callable[[Callable], Callable]:
+    """Decorator: credit option -> the policy-loss option it must equal (module docstring)."""
+
+    def decorator(fn: Callable) -> Callable:
+        fn.shared_loss_options = dict(names)
+        return fn
+
+    return decorator
+
+
+def resolve_credit_options(fn: Callable, options: dict, loss_fn: Callable,
+                           loss_options: dict) -> dict:
+    """The credit's options with its shared loss options filled in from the loss: the loss's
+    configured value, else its default. A credit value that differs from the loss's raises
+    ValueError; a loss without the option leaves the credit's own default."""
+    import inspect
+
+    out = dict(options)
+    params = inspect.signature(loss_fn).parameters
+    for mine, theirs in getattr(fn, "shared_loss_options", {}).items():
+        if theirs in loss_options:
+            value = loss_options[theirs]
+        elif theirs in params and params[theirs].default is not inspect.Parameter.empty:
+            value = params[theirs].default
+        else:
+            continue
+        if mine in out and out[mine] != value:
+            raise ValueError(f"{mine}={out[mine]} differs from the loss's {theirs}={value}; they "
+                             f"are one constant (set algo.loss_options.{theirs} alone)")
+        out[mine] = value
+    return out
 
 
 def credit_requirements(fn: Callable, options: dict) -> frozenset[str]:

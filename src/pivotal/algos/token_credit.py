@@ -10,13 +10,11 @@ exactly 1 on padding (response_mask == 0). Options are keyword-only, defaults ar
 Methods (docs/algorithms.md gives each formula and how sure we are of it):
 
 - "fipo": FIPO, Future-KL Influenced Policy Optimization, https://arxiv.org/abs/2603.19835
-  [paper/code]. Weights each token by exp of the discounted sum of the signed log-ratio
+  [released code]. Weights each token by exp of the discounted sum of the signed log-ratio
   log pi_theta - log pi_old over its future, clamped. Acts only once pi_theta has moved away from
   pi_old (several optimizer steps per rollout): on the first mini-batch after a rollout it is
   exactly 1 everywhere and FIPO is DAPO.
-- "dlogp": Δlog p training-time reweighting, "On the Direction of RLVR Updates",
-  https://arxiv.org/abs/2603.22117 [paper/code].
-  A_t * (1 + c * (1 - p_old(y_t))): low-probability tokens get more weight.
+- "dlogp": Δlog p training-time reweighting, in `pivotal.algos.dlogp`.
 - "owpo": OWPO, One-Way Policy Optimization, *as reconstructed from the abstract*
   [reconstruction]. The verifier sets the sign of the update, the reference only its size: tokens
   where the policy lags the reference in the direction the verifier wants are accelerated, the
@@ -37,7 +35,13 @@ import math
 import torch
 from torch import Tensor
 
-from pivotal.algos.credit import minibatch_statistics, register_credit, requires
+from pivotal.algos.credit import (
+    drops_rows,
+    minibatch_statistics,
+    register_credit,
+    requires,
+    shares_loss_options,
+)
 from pivotal.batch import RolloutBatch
 from pivotal.divergence import DIVERGENCE_KINDS
 
@@ -91,13 +95,35 @@ def reverse_discounted_cumsum(x: Tensor, gamma: float, chunk: int = _SCAN_CHUNK)
     return out.to(x.dtype)
 
 
+def _dual_clipped(batch: RolloutBatch, lp: Tensor, dual_clip_c: float) -> Tensor:
+    """(B, T) bool: negative-advantage response tokens whose ratio exp(clamp(lp - olp)) passes c,
+    the tokens the dual clip bounds (the released code tests the same on its dual-clip loss)."""
+    d = (lp - batch.old_logprobs.to(lp.dtype)).clamp(-LOG_RATIO_CLAMP, LOG_RATIO_CLAMP)
+    return _valid(batch) & (batch.advantages < 0) & (torch.exp(d) > dual_clip_c)
+
+
+def fipo_dropped_rows(batch: RolloutBatch, logprobs: Tensor, *, dual_clip_c: float | None = 10.0,
+                      **_) -> Tensor:
+    """(B,) bool: the responses FIPO leaves out of the loss and its denominator, those with more than
+    one dual-clipped negative token (released loss: `seq_has_low_clip`). On the old policy every
+    ratio is 1 < c, so it drops nothing right after a rollout."""
+    with torch.no_grad():
+        lp = _require_logprobs("fipo", logprobs)
+        _require_advantages("fipo", batch)
+        return _dual_clipped(batch, lp, dual_clip_c).sum(dim=1) > 1
+
+
 @register_credit("fipo")
 @requires({"logprobs"})
+@drops_rows(fipo_dropped_rows, active=lambda drop_multi_dual_clipped=True, dual_clip_c=10.0, **_:
+            bool(drop_multi_dual_clipped) and dual_clip_c is not None)
+@shares_loss_options({"dual_clip_c": "dual_clip"})
 def fipo_credit(batch: RolloutBatch, logprobs: Tensor | None, *, tau: float = 32.0,
                 f_low: float = 0.0, f_high: float = 0.2, safety: float | None = 10.0,
                 dual_clip_c: float | None = 10.0,
-                drop_multi_dual_clipped: bool = False) -> Tensor:
-    """FIPO future-KL influence weight (https://arxiv.org/abs/2603.19835) [paper/code].
+                drop_multi_dual_clipped: bool = True) -> Tensor:
+    """FIPO future-KL influence weight (https://arxiv.org/abs/2603.19835); checked against the
+    released loss (Henrymachiyu/FIPO, verl/trainer/ppo/core_algos.py, `future_kl`).
 
         d     = clamp(lp - olp, -20, 20)                 lp `logprobs`, olp batch.old_logprobs
         keep  = d <= log(dual_clip_c)                    IS filter: tokens past the dual-clip ratio
@@ -107,15 +133,19 @@ def fipo_credit(batch: RolloutBatch, logprobs: Tensor | None, *, tau: float = 32
         f     = clamp(exp(F), 1 - f_low, 1 + f_high)
         f     = clamp(f, 0.8, 1.0) where A < 0 and r = exp(d) > safety
 
-    Defaults are the 32B recipe: tau 32, f in [1.0, 1.2], safety 10, dual_clip_c 10 (use the same c
-    as the loss's dual_clip). 7B recipe: f_low=0.2, safety=3.0. Pair with ppo_clip, clip 0.2/0.28,
-    dual_clip = dual_clip_c, token-mean aggregation. safety=None turns the safety clamp off;
-    dual_clip_c=None turns the IS filter off (every token enters the sum).
+    Defaults are the 32B recipe: tau 32, f in [1.0, 1.2], safety 10. 7B recipe: f_low=0.2,
+    safety=3.0. Pair with ppo_clip, clip 0.2/0.28, token-mean aggregation.
 
-    drop_multi_dual_clipped: the released code drops from the loss every sequence with more than one
-    dual-clipped negative token (A < 0 and r > dual_clip_c). Here that sequence's multiplier is
-    set to 0, which zeroes its advantages and so its gradient; its tokens still count in the
-    aggregation's denominator (a credit multiplier cannot change the loss mask).
+    dual_clip_c is the released code's one `clip_ratio_c`: the IS filter here and the loss's dual
+    clip. It is taken from the loss (`algo.loss_options.dual_clip`, 10 in the recipe) and need not
+    be set; a different value is refused. None (the loss's dual clip off) turns the filter off.
+    safety=None turns the safety clamp off.
+
+    drop_multi_dual_clipped (default on, as the released loss, which has no switch): a response
+    with more than one dual-clipped negative token (A < 0 and r > dual_clip_c) leaves the loss and
+    the token-mean denominator (`fipo_dropped_rows`, applied by the update before its gradient
+    passes, which costs one no-grad forward of each mini-batch after the first of a rollout).
+    Here the multiplier of such a row is its f like any other; its token weights are 0.
 
     Returns f (B, T) with no gradient, 1 on padding. Needs `logprobs` and batch.advantages.
     """
@@ -127,8 +157,6 @@ def fipo_credit(batch: RolloutBatch, logprobs: Tensor | None, *, tau: float = 32
         raise ValueError(f"fipo: need 0 <= f_low <= 1 and f_high >= 0, got {f_low}, {f_high}")
     if dual_clip_c is not None and dual_clip_c <= 0:
         raise ValueError(f"fipo: dual_clip_c must be > 0, got {dual_clip_c}")
-    if drop_multi_dual_clipped and dual_clip_c is None:
-        raise ValueError("fipo: drop_multi_dual_clipped needs dual_clip_c")
 
     with torch.no_grad():
         valid = _valid(batch)
@@ -146,28 +174,7 @@ def fipo_credit(batch: RolloutBatch, logprobs: Tensor | None, *, tau: float = 32
         if safety is not None:
             lo, hi = FIPO_SAFETY_RANGE
             f = torch.where(neg & (torch.exp(d) > safety), f.clamp(lo, hi), f)
-        if drop_multi_dual_clipped:
-            dual_clipped = valid & neg & (torch.exp(d) > dual_clip_c)
-            drop = dual_clipped.sum(dim=1, keepdim=True) > 1
-            f = torch.where(drop, torch.zeros_like(f), f)
         return torch.where(valid, f, torch.ones_like(f))
-
-
-@register_credit("dlogp")
-@requires(())
-def dlogp_credit(batch: RolloutBatch, logprobs: Tensor | None, *, c: float = 0.1) -> Tensor:
-    """Δlog p training-time reweighting ("On the Direction of RLVR Updates") [paper/code].
-
-        multiplier = 1 + c * (1 - exp(olp))            olp = batch.old_logprobs
-
-    A token the sampling policy found unlikely gets up to 1 + c, a certain one 1. Paper range
-    c = 0.1-0.2. 1 on padding; `logprobs` is not used.
-    """
-    with torch.no_grad():
-        valid = _valid(batch)
-        olp = batch.old_logprobs.detach()
-        w = 1.0 + c * (1.0 - torch.exp(olp))
-        return torch.where(valid, w, torch.ones_like(w))
 
 
 @register_credit("owpo")

@@ -20,7 +20,7 @@ import os
 import tempfile
 from pathlib import Path
 
-from .decoding import CRITERIA, DEFAULT_TAUS, DIRECTIONS, WHERE
+from .decoding import CRITERIA, DEFAULT_TAUS, DIRECTIONS, PROPOSERS, WHERE
 
 DEFAULT_BASE = "smollm2-135m"
 
@@ -209,13 +209,18 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 def add_extrapolation_args(parser: argparse.ArgumentParser) -> None:
     """Options for test-time extrapolation [Δlog p paper, arXiv:2603.22117] in `pivotal eval`."""
     g = parser.add_argument_group(
-        "test-time extrapolation (the evaluated model is the rl model; Δlog p paper)")
+        "test-time extrapolation (the evaluated model is the rl model; Δlog p paper). The "
+        "released settings: --gamma 0.05 --tau -0.3, or --gamma 0.1 --tau -0.4, with "
+        "eval.top_p=0.7")
     g.add_argument("--extrapolate-base", metavar="SPEC",
-                   help="base model spec: decode with z = (1+gamma) log p_rl - gamma log p_base "
-                        "at selected positions")
-    g.add_argument("--gamma", type=float, default=0.1, help="extrapolation strength (0.05-0.1)")
+                   help="base model spec: at selected positions draw the token from "
+                        "z = (1+gamma) log p_rl - gamma log p_base")
+    g.add_argument("--extrapolate-from", choices=PROPOSERS, default="base",
+                   help="which model proposes each token and has its token tested: 'base' (the "
+                        "released rule) or 'rl' (the RL model's own token; rarely fires)")
+    g.add_argument("--gamma", type=float, default=0.05, help="extrapolation strength (0.05-0.1)")
     g.add_argument("--tau", type=float, default=-0.3,
-                   help="select positions whose rl token has Δlog p <= tau (-0.3 to -0.4)")
+                   help="select positions whose proposed token has Δlog p <= tau (-0.3 to -0.4)")
     g.add_argument("--extrapolate-where", choices=WHERE, default="selected",
                    help="'selected' (Δlog p <= tau) or 'all' positions")
     g.add_argument("--extrapolate-top-n", type=int, default=50,
@@ -238,4 +243,5 @@ def extrapolation_engine_from_args(args, rl_model, tokenizer):
     base, tok_base = load_model(spec, str(param.device), dtype)
     check_same_tokenizer(tok_base, tokenizer, spec, getattr(args, "model", None) or "rl")
     return ExtrapolationEngine(base, rl_model, tokenizer, gamma=args.gamma, tau=args.tau,
-                               where=args.extrapolate_where, top_n=args.extrapolate_top_n)
+                               where=args.extrapolate_where, top_n=args.extrapolate_top_n,
+                               propose=args.extrapolate_from)

@@ -14,9 +14,10 @@ Methods (see docs/methods.md, "Diagnostics"):
     arXiv:2603.22117, paper + code]: decode with one model, take the other model's token at chosen
     positions. Criteria: divergence (JS(base||rl) >= tau), dlogp (Δlog p of the decoder's proposed
     token <= tau), entropy (H(base) >= tau), random (probability tau).
-  * Test-time extrapolation [Δlog p paper, paper + code]: the RL model decodes; at selected
-    positions the token is drawn from z = (1 + gamma) log p_rl - gamma log p_base restricted to the
-    base model's top-n tokens, then temperature / top-p.
+  * Test-time extrapolation [Δlog p paper, released code]: the base model proposes each token
+    (the RL model with propose="rl"); where the proposed token's Δlog p <= tau the token is redrawn
+    from z = (1 + gamma) log p_rl - gamma log p_base restricted to the base model's top-n tokens,
+    then temperature / top-p.
 
 Conventions shared by every rule (chosen here; they matter at the margins):
   * The criteria (JS, Δlog p, entropy) are computed on the models' own distributions, softmax of
@@ -56,6 +57,7 @@ from ..rollout.base import seeded_generator
 CRITERIA = ("divergence", "dlogp", "entropy", "random")
 DIRECTIONS = ("forward", "reverse")
 WHERE = ("selected", "all")
+PROPOSERS = ("base", "rl")   # which model proposes each token under test-time extrapolation
 DEFAULT_TAUS: dict[str, list[float]] = {
     "divergence": [0.5, 0.3, 0.2, 0.1, 0.05],
     "dlogp": [-2.0, -1.0, -0.5, -0.3, -0.1],
@@ -286,36 +288,47 @@ class CrossSamplingEngine(_TwoModelEngine):
 
 
 class ExtrapolationEngine(_TwoModelEngine):
-    """Test-time extrapolation [Δlog p paper, arXiv:2603.22117, paper + code]: the RL model
-    decodes; at selected positions the token is drawn from
-    z = (1 + gamma) log p_rl - gamma log p_base over the base model's top_n tokens.
+    """Test-time extrapolation [Δlog p paper, arXiv:2603.22117; released code:
+    Hesse73/RLVR-Directions extrapolate/extrapolate.py, run as in scripts/run_extrapolate.sh].
 
-    where="selected": positions whose RL-proposed token (greedy or sampled from the RL model as
-    usual) has Δlog p <= tau; where="all": every position. Defaults follow the paper's ranges
-    (gamma 0.05-0.1, tau -0.3 to -0.4, top-50 base candidates).
+    propose="base" (the released rule, default): the base model proposes each token (sampled with
+    the call's temperature / top-p, or greedy), the criterion Δlog p = log p_rl - log p_base <= tau
+    is tested on that token, and only where it fires is the token redrawn from
+    z = (1 + gamma) log p_rl - gamma log p_base over the base model's top_n tokens, then
+    temperature and top-p. propose="rl": the RL model proposes and its own token is tested (the
+    rule pivotal had first; the RL model's token seldom has negative Δlog p, so it rarely fires).
+    where="all" fires at every position. The released settings: gamma 0.05 at tau -0.3 (DAPO-32B),
+    gamma 0.1 at tau -0.4 (ORZ-32B), top-p 0.7, top-50 candidates.
 
-    Reconstruction choices (docs/methods.md gives the formula, the candidate set and the order
-    "then temperature and top-p"; the rest is ours): log p are log-softmaxes of the raw logits
-    (temperature 1); the candidate mask is applied to z, then z / T, then top-k/top-p, then a draw
-    (greedy: argmax of z over the candidates); a selected position is counted as extrapolated
-    even when the extrapolated choice equals the RL proposal (`changed` counts real changes);
-    old_logprobs at an extrapolated position is the log-prob under softmax(z / T) over the
-    candidates. Counters accumulate like CrossSamplingEngine's (`extrapolated` = `replaced`).
+    `extrapolation_probabilities` gives the exact distribution this rule emits.
+
+    Differences from the released script, by design: log p are exact log-softmaxes of the raw
+    logits (temperature 1) of both models, where the script has each model's top-50 log-probs and
+    pads a missing one with the smallest of them; the candidate set is the base's top_n (ties at
+    the n-th logit kept), without the script's extra slot for a proposed token outside them; a
+    fired position counts as extrapolated even when the redraw returns the proposal (`changed`
+    counts real changes); old_logprobs at a redrawn position is the log-prob under softmax(z / T)
+    over the candidates. Counters accumulate like CrossSamplingEngine's (`extrapolated` =
+    `replaced`).
     """
 
-    def __init__(self, base, rl, tokenizer, gamma: float = 0.1, tau: float = -0.3,
-                 where: str = "selected", top_n: int = 50):
+    def __init__(self, base, rl, tokenizer, gamma: float = 0.05, tau: float = -0.3,
+                 where: str = "selected", top_n: int = 50, propose: str = "base"):
         if where not in WHERE:
             raise ValueError(f"where must be one of {WHERE}, got {where!r}")
+        if propose not in PROPOSERS:
+            raise ValueError(f"propose must be one of {PROPOSERS}, got {propose!r}")
         self.gamma, self.tau, self.where, self.top_n = float(gamma), float(tau), where, int(top_n)
-        super().__init__(base, rl, tokenizer, "rl")
+        self.propose = propose
+        super().__init__(base, rl, tokenizer, propose)
 
     @property
     def extrapolated(self) -> int:
         return self.replaced
 
     def _rule(self, logits_base, logits_rl, params, generator) -> StepChoice:
-        proposed, proposed_lp = choose_tokens(logits_rl, params, generator)
+        own = logits_base if self.propose == "base" else logits_rl
+        proposed, proposed_lp = choose_tokens(own, params, generator)
         if self.where == "all":
             fire = torch.ones_like(proposed, dtype=torch.bool)
         else:
@@ -327,6 +340,37 @@ class ExtrapolationEngine(_TwoModelEngine):
             tokens[rows], logprobs[rows] = choose_tokens(z, params, generator)
         return StepChoice(tokens=tokens, logprobs=logprobs, fired=fire,
                           changed=tokens != proposed)
+
+
+def _draw_probabilities(logits: Tensor, params: SamplingParams) -> Tensor:
+    """(N, V) the probability `choose_tokens` emits each token with (one-hot argmax when greedy)."""
+    if params.temperature > 0:
+        scaled = filter_logits(logits.float() / params.temperature, params.top_k, params.top_p)
+        return torch.softmax(scaled, dim=-1)
+    return torch.nn.functional.one_hot(logits.float().argmax(-1), logits.shape[-1]).float()
+
+
+def extrapolation_probabilities(logits_base: Tensor, logits_rl: Tensor, params: SamplingParams,
+                                gamma: float = 0.05, tau: float = -0.3, top_n: int = 50,
+                                propose: str = "base", where: str = "selected"
+                                ) -> tuple[Tensor, Tensor]:
+    """The exact law of one `ExtrapolationEngine` step: (N, V), (N, V) -> (P(fire) (N,),
+    P(emitted token) (N, V)), summing over every proposal y:
+        P(fire) = sum_y p_prop(y) 1[fires at y]
+        P(v)    = p_prop(v) 1[not fires at v] + P(fire) q(v),   q = draw law of z over the candidates
+    (q does not depend on y: z is the same at every proposal of the row).
+    """
+    own = logits_base if propose == "base" else logits_rl
+    p_prop = _draw_probabilities(own, params)
+    N, V = p_prop.shape
+    if where == "all":
+        fires = torch.ones(N, V, dtype=torch.bool, device=own.device)
+    else:  # Δlog p of every token at once, as token_dlogp computes it for one
+        fires = (torch.log_softmax(logits_rl.float(), -1)
+                 - torch.log_softmax(logits_base.float(), -1)) <= tau
+    q = _draw_probabilities(extrapolated_logits(logits_base, logits_rl, gamma, top_n), params)
+    p_fire = (p_prop * fires).sum(-1)
+    return p_fire, p_prop * ~fires + p_fire[:, None] * q
 
 
 # ----------------------------------------------------------------------------------------------

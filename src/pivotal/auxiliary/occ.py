@@ -21,10 +21,17 @@ the optimum online from log-probabilities alone (no grad), with s = 0.1 and K he
     loss = policy_loss(lp, olp, A) + sum_k policy_loss(mlp_k, olp, A * c_k)
 
 where mlp_k is head k's log-prob of the response token, lp the main head's and olp the old policy's,
-all of the same token. The mean runs over the tokens head k can score (response mask and at least k
-earlier response tokens) of the whole mini-batch: `OCCHeads.minibatch_statistics` computes it in
-one no-grad pass before the micro-batches, so c_k does not depend on optim.micro_batch_size (that
-pass costs one forward of the mini-batch). Right after a rollout lp == olp exactly, so c_k = 0 on
+all of the same token. The sum runs over the tokens head k can score (response mask and at least k
+earlier response tokens). The mean's denominator (`algo.occ_normaliser`):
+  "padded" (default, the released code: MarkXCloud/RL-MTP verl/workers/actor/megatron_actor.py
+           takes an unmasked `.mean()` of the padded (B, T) response tensor, where verl pads every
+           response to max_response_length): rows x rollout.max_new_tokens, so c_k shrinks with
+           padding, c_padded = c_valid x N_valid / (B T);
+  "valid"  the number of tokens head k scores, a mean that does not depend on padding.
+The released code supports one MTP layer; K > 1 heads are our extension. Both sums run over the
+whole mini-batch: `OCCHeads.minibatch_statistics` computes them in one no-grad pass before the
+micro-batches, so c_k does not depend on optim.micro_batch_size (the released code takes the mean
+per micro-batch); that pass costs one forward of the mini-batch. Right after a rollout lp == olp exactly, so c_k = 0 on
 the first mini-batch and the pass is skipped: the heads contribute once the policy has moved within
 the rollout (several mini-batches per rollout, as in `configs/occ.yaml`).
 """
@@ -113,7 +120,8 @@ def occ_sums(head_logprobs: Tensor, logprobs: Tensor, old_logprobs: Tensor,
 
 
 def occ_coefficients_from_sums(sums: Tensor, counts: Tensor, scale: float = 0.1) -> Tensor:
-    """c_k = (s / K) * sums_k / counts_k; a head that scores no token gets 0. (K,), (K,) -> (K,)."""
+    """c_k = (s / K) * sums_k / counts_k; a zero count gives 0. (K,), (K,) -> (K,). `counts` are the
+    mean's denominators: tokens head k scores ("valid") or rows x T ("padded")."""
     means = sums / counts.clamp(min=1)
     return (scale / sums.shape[0]) * torch.where(counts > 0, means, torch.zeros_like(means))
 
@@ -137,11 +145,15 @@ class OCCHeads(AuxiliaryLoss):
     needs_hidden_states = True
 
     def __init__(self, hidden_size: int, num_heads: int, scale: float, loss: str,
-                 loss_options: dict, temperature: float, share_prompt: bool):
+                 loss_options: dict, temperature: float, share_prompt: bool,
+                 normaliser: str = "padded", padded_length: int = 0):
         super().__init__()
         self.heads = MTPHeads(hidden_size, num_heads)
         self.scale, self.loss, self.loss_options = scale, LOSSES.get(loss), dict(loss_options)
         self.temperature, self.share_prompt = temperature, share_prompt
+        if normaliser == "padded" and padded_length < 1:
+            raise ConfigError("OCC's padded normaliser needs the padded response length (> 0)")
+        self.normaliser, self.padded_length = normaliser, padded_length
 
     def __len__(self) -> int:
         return len(self.heads)
@@ -171,6 +183,8 @@ class OCCHeads(AuxiliaryLoss):
             logp, _ = logprobs_from_states(model, states, micro, self.temperature)
             head_lp, head_mask = self._head_logprobs(model, states, micro)
             s, n = occ_sums(head_lp, logp, micro.old_logprobs, head_mask)
+            if self.normaliser == "padded":  # every row padded to the rollout's length
+                n = torch.full_like(n, float(micro.size * self.padded_length))
             sums, counts = sums + s, counts + n
         return {"occ_numerator_sum": sums, "occ_tokens_sum": counts}
 
@@ -208,4 +222,4 @@ def build_occ(cfg, model) -> OCCHeads | None:
                           f"hidden states; '{cfg.model.name}' is a {model.config.model_type} model")
     return OCCHeads(model.config.hidden_size, cfg.algo.mtp_heads, cfg.algo.occ_scale,
                     cfg.algo.loss, cfg.algo.loss_options, cfg.rollout.temperature,
-                    cfg.optim.share_prompt)
+                    cfg.optim.share_prompt, cfg.algo.occ_normaliser, cfg.rollout.max_new_tokens)

@@ -1,10 +1,14 @@
-"""NSR, Near-boundary Stochastic Rescue, as policy losses: "ppo_clip_nsr" and "gspo_nsr".
+"""Near-boundary stochastic rescue of clipped tokens, as policy losses: "ppo_clip_rescue" and
+"gspo_rescue".
 
 Paper: "Clipping Bottleneck: Stabilizing RLVR via Stochastic Recovery of Near-Boundary Signals"
 (Yang et al., 2026, https://arxiv.org/abs/2605.22703). Only the abstract and a digest were
 available, so the exact rule below is our reconstruction (docs/algorithms.md) [reconstruction].
+The paper calls the method NSR; pivotal names it `clip_rescue` (the losses were `ppo_clip_nsr` and
+`gspo_nsr` before), because NSR is also, and more widely, the negative sample reinforcement of
+arXiv 2506.01347 (`algo.advantage=nsr`, `pivotal.algos.polarity`).
 
-Hard clipping gives a token just past the trust region no gradient at all. NSR keeps some of them,
+Hard clipping gives a token just past the trust region no gradient at all. The rescue keeps some,
 at random, with a chance that falls off with the distance past the bound. With u ~ U(0, 1] drawn
 per token (per sequence for GSPO) and held constant (no gradient through u):
 
@@ -22,7 +26,7 @@ down to 0, so without a bound E[grad] = -A * r * integral_0^{r/(1-eps_l)} du / u
 heavy 1/u tail: rare tokens with enormous gradients). We bound r' by c, exactly as the dual-clip
 would at r': rescued only if 1 - eps_l <= r' <= c, and then
     E[grad] = -A * r * ln(c / (1 - eps_l))      (each rescued gradient is at most |A| * c).
-ppo_clip_nsr uses its `dual_clip` as c (default 3, as ppo_clip); gspo_nsr, whose base loss has no
+ppo_clip_rescue uses its `dual_clip` as c (default 3, as ppo_clip); gspo_rescue, whose base loss has no
 dual-clip, takes `rescue_cap` (default 3). With the cap None the A < 0 mirror must be switched off
 (rescue_negative=False), otherwise a ValueError. (A rescued token with r' > c would get the constant
 dual-clip loss -A*c, no gradient; we leave it clipped instead, same gradient.)
@@ -39,6 +43,7 @@ from torch import Tensor
 
 from pivotal.algos.losses import (
     LOG_RATIO_CLAMP,
+    LOSSES,
     LossOutput,
     clamped_log_ratio,
     gspo_loss,
@@ -97,8 +102,8 @@ def _check_cap(cap: float | None, rescue_negative: bool, name: str, option: str)
         raise ValueError(f"{name}: {option} must be > 1, got {cap}")
 
 
-@register_loss("ppo_clip_nsr")
-def ppo_clip_nsr_loss(logprobs: Tensor, old_logprobs: Tensor, advantages: Tensor,
+@register_loss("ppo_clip_rescue")
+def ppo_clip_rescue_loss(logprobs: Tensor, old_logprobs: Tensor, advantages: Tensor,
                       response_mask: Tensor, *, clip_low: float = 0.2, clip_high: float = 0.28,
                       dual_clip: float | None = 3.0, rescue_negative: bool = True,
                       seed: int | None = None) -> LossOutput:
@@ -117,7 +122,7 @@ def ppo_clip_nsr_loss(logprobs: Tensor, old_logprobs: Tensor, advantages: Tensor
 
     logprobs, old_logprobs, advantages, response_mask: (B, T) -> per_token_loss (B, T)
     """
-    _check_cap(dual_clip, rescue_negative, "ppo_clip_nsr", "dual_clip")
+    _check_cap(dual_clip, rescue_negative, "ppo_clip_rescue", "dual_clip")
     base = ppo_clip_loss(logprobs, old_logprobs, advantages, response_mask, clip_low=clip_low,
                          clip_high=clip_high, dual_clip=dual_clip)
     valid = valid_tokens(response_mask)
@@ -131,8 +136,8 @@ def ppo_clip_nsr_loss(logprobs: Tensor, old_logprobs: Tensor, advantages: Tensor
     return LossOutput(zero_padding(loss, valid), metrics)
 
 
-@register_loss("gspo_nsr")
-def gspo_nsr_loss(logprobs: Tensor, old_logprobs: Tensor, advantages: Tensor,
+@register_loss("gspo_rescue")
+def gspo_rescue_loss(logprobs: Tensor, old_logprobs: Tensor, advantages: Tensor,
                   response_mask: Tensor, *, clip_low: float = 3e-4, clip_high: float = 4e-4,
                   rescue_cap: float | None = 3.0, rescue_negative: bool = True,
                   dual_clip: float | None = 3.0, seed: int | None = None) -> LossOutput:
@@ -153,7 +158,7 @@ def gspo_nsr_loss(logprobs: Tensor, old_logprobs: Tensor, advantages: Tensor,
 
     logprobs, old_logprobs, advantages, response_mask: (B, T) -> per_token_loss (B, T)
     """
-    _check_cap(rescue_cap, rescue_negative, "gspo_nsr", "rescue_cap")
+    _check_cap(rescue_cap, rescue_negative, "gspo_rescue", "rescue_cap")
     base = gspo_loss(logprobs, old_logprobs, advantages, response_mask, clip_low=clip_low,
                      clip_high=clip_high, dual_clip=dual_clip)
     valid = valid_tokens(response_mask)
@@ -171,3 +176,8 @@ def gspo_nsr_loss(logprobs: Tensor, old_logprobs: Tensor, advantages: Tensor,
     metrics = dict(base.metrics)
     metrics["rescued_frac"] = masked_fraction(rescued, valid).detach()
     return LossOutput(zero_padding(loss, valid), metrics)
+
+
+for _old, _new in (("ppo_clip_nsr", "ppo_clip_rescue"), ("gspo_nsr", "gspo_rescue")):
+    LOSSES.renamed(_old, _new, "'nsr' is now the negative sample reinforcement advantage of "
+                               "arXiv 2506.01347, algo.advantage=nsr")
