@@ -28,6 +28,8 @@ CASES = [
 ] + [
     {"name": "ddp_divergence", "overrides": ["algo.credit=divergence"]},
     {"name": "fsdp_divergence", "overrides": ["algo.credit=divergence", "dist.strategy=fsdp"]},
+    # FIPO's row-drop rule runs a no-grad pass of the sharded policy on the off-policy step
+    {"name": "fsdp_fipo", "overrides": ["algo.credit=fipo", "dist.strategy=fsdp"]},
     {"name": "ddp_batch_std", "overrides": ["algo.advantage_options={std_scale: batch}"]},
     {"name": "ddp_reinforce_pp", "overrides": ["algo.advantage=reinforce_pp_baseline"]},
     {"name": "fsdp_gspo", "overrides": ["algo.loss=gspo", "algo.aggregation=seq-mean-token-mean",

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from pivotal.algos.labels import (
+    LABEL_SELECTORS,
     agreement,
     corrective_advantage_gap,
     majority_labels,
@@ -81,41 +82,38 @@ def test_agreement():
 def test_cag_right_and_wrong_pseudo_label():
     # group 0: pseudo label right -> identical rewards -> identical advantages -> gap 0
     # group 1: true [1,0,0,0], pseudo [0,1,1,1] (wrong majority).
-    #   mean 0.25, centred [0.75,-0.25,-0.25,-0.25], unbiased var (0.5625+3*0.0625)/3 = 0.25, std 0.5
-    #   A_true = [1.5,-0.5,-0.5,-0.5]; pseudo is 1 - true, so A_pseudo = -A_true
-    #   gap = ||2 A_true|| = 2 sqrt(1.5^2 + 3*0.25) = 2 sqrt(3) = 3.4641016
+    #   mean 0.25, centred [0.75,-0.25,-0.25,-0.25], population var (0.5625+3*0.0625)/4 = 0.1875,
+    #   std 0.4330127 (the released code's np.std): A_true = [1.7320508, -0.5773503 x3], whose
+    #   squares sum to n = 4; pseudo is 1 - true, so A_pseudo = -A_true and gap = 2 ||A_true|| = 4
+    #   (the unbiased std gave 2 sqrt(3): the factor sqrt(n / (n - 1)))
     true = torch.tensor([1, 0, 1, 0, 1, 0, 0, 0], dtype=D)
     pseudo = torch.tensor([1, 0, 1, 0, 0, 1, 1, 1], dtype=D)
-    got = corrective_advantage_gap(true, pseudo, ids(0, 0, 0, 0, 1, 1, 1, 1), eps=0.0)
+    got = corrective_advantage_gap(true, pseudo, ids(0, 0, 0, 0, 1, 1, 1, 1))
     assert got.keys() == {0, 1}
     assert got[0] == pytest.approx(0.0, abs=1e-12)
-    assert got[1] == pytest.approx(3.4641016151377544, abs=1e-9)
-    # with the default eps=1e-6 the advantages are scaled by 0.5/(0.5+1e-6): still ~2 sqrt(3)
-    got = corrective_advantage_gap(true, pseudo, ids(0, 0, 0, 0, 1, 1, 1, 1))
-    assert got[1] == pytest.approx(3.4641016151377544, abs=1e-4)
+    assert got[1] == pytest.approx(4.0, abs=1e-12)
 
 
 def test_cag_constant_groups_give_zero_advantages():
     # group 5: all-correct truth [1,1,1], pseudo all-wrong [0,0,0]: both std 0 -> A = 0 -> gap 0
-    # group 6: truth [0,0,0] (nobody right), pseudo [0,1,1]: A_true = 0;
-    #   pseudo mean 2/3, centred [-2/3,1/3,1/3], var (4/9+1/9+1/9)/2 = 1/3, std 0.5773503
-    #   A_pseudo = [-1.1547005, 0.5773503, 0.5773503]; gap = sqrt(4/3+1/3+1/3) = sqrt(2) = 1.4142136
+    # group 6: truth [0,0,0] (nobody right), pseudo [0,1,1]: A_true = 0; A_pseudo has population
+    #   std, so its squares sum to n = 3: gap = sqrt(3) = 1.7320508
     true = torch.tensor([1, 1, 1, 0, 0, 0], dtype=D)
     pseudo = torch.tensor([0, 0, 0, 0, 1, 1], dtype=D)
-    got = corrective_advantage_gap(true, pseudo, ids(5, 5, 5, 6, 6, 6), eps=0.0)
+    got = corrective_advantage_gap(true, pseudo, ids(5, 5, 5, 6, 6, 6))
     assert got[5] == 0.0
-    assert got[6] == pytest.approx(1.4142135623730951, abs=1e-9)
+    assert got[6] == pytest.approx(1.7320508075688772, abs=1e-12)
 
 
 def test_cag_noncontiguous_interleaved_ids_and_int_rewards():
     # Same two groups as the right/wrong test, rows interleaved and ids 42 / -1, bool/int rewards.
-    # group 42 rows 0,2,4,6: true [1,0,0,0], pseudo [0,1,1,1] -> 2 sqrt(3) = 3.4641016
+    # group 42 rows 0,2,4,6: true [1,0,0,0], pseudo [0,1,1,1] -> 4
     # group -1 rows 1,3,5,7: true [1,1,0,0], pseudo [1,1,0,0] -> 0
     true = torch.tensor([1, 1, 0, 1, 0, 0, 0, 0])
     pseudo = torch.tensor([0, 1, 1, 1, 1, 0, 1, 0])
-    got = corrective_advantage_gap(true, pseudo, ids(42, -1, 42, -1, 42, -1, 42, -1), eps=0.0)
+    got = corrective_advantage_gap(true, pseudo, ids(42, -1, 42, -1, 42, -1, 42, -1))
     assert got.keys() == {42, -1}
-    assert got[42] == pytest.approx(3.4641016, abs=1e-5)
+    assert got[42] == pytest.approx(4.0, abs=1e-5)
     assert got[-1] == pytest.approx(0.0, abs=1e-7)
 
 
@@ -128,13 +126,25 @@ def test_cag_single_row_group_and_empty():
 
 def test_cag_partial_disagreement():
     # G=4, true [1,1,0,0], pseudo [1,0,0,0]
-    # A_true: mean .5, centred [.5,.5,-.5,-.5], var 1/3, std 0.5773503 -> [0.8660254]*2, [-0.8660254]*2
-    # A_pseudo = [1.5,-0.5,-0.5,-0.5] (see above)
-    # diff = [-0.6339746, 1.3660254, -0.3660254, -0.3660254]
-    # squares: 0.4019238 + 1.8660254 + 0.1339746 + 0.1339746 = 2.5358984 -> gap 1.5924505
+    # A_true: mean .5, population std 0.5 -> [1, 1, -1, -1]
+    # A_pseudo = [1.7320508, -0.5773503 x3] (see above)
+    # diff = [-0.7320508, 1.5773503, -0.4226497, -0.4226497]
+    # squares: 0.5358984 + 2.4880339 + 0.1786328 + 0.1786328 = 3.3811979 -> gap 1.8388035
     got = corrective_advantage_gap(torch.tensor([1.0, 1, 0, 0], dtype=D),
-                                   torch.tensor([1.0, 0, 0, 0], dtype=D), ids(0, 0, 0, 0), eps=0.0)
-    assert got[0] == pytest.approx(1.5924505, abs=1e-6)
+                                   torch.tensor([1.0, 0, 0, 0], dtype=D), ids(0, 0, 0, 0))
+    assert got[0] == pytest.approx(1.8388035, abs=1e-6)
+
+
+def test_cag_selection_is_the_released_one_with_one_queried_prompt_of_five():
+    # five prompts of four answers, budget 0.2 -> ceil(0.2 * 5) = 1 queried prompt. Groups 0 and 3
+    # tie at the largest gap (a wrong 3-1 majority each): the released np.argsort(-gaps) takes the
+    # first in prompt order, group 0; the three right majorities have gap 0
+    true = torch.tensor([1, 0, 0, 0,  1, 1, 0, 0,  0, 0, 0, 0,  1, 0, 0, 0,  1, 1, 1, 1], dtype=D)
+    pseudo = torch.tensor([0, 1, 1, 1,  1, 1, 0, 0,  0, 0, 0, 0,  0, 1, 1, 1,  1, 1, 1, 1], dtype=D)
+    groups = torch.arange(5).repeat_interleave(4)
+    gaps = corrective_advantage_gap(true, pseudo, groups)
+    assert gaps == pytest.approx({0: 4.0, 1: 0.0, 2: 0.0, 3: 4.0, 4: 0.0})
+    assert LABEL_SELECTORS.get("cag_oracle")(true, pseudo, [None] * 20, groups, 0.2) == {0}
 
 
 def test_cag_length_mismatch():
@@ -206,7 +216,8 @@ def test_end_to_end_majority_then_accuracy():
 
 
 def test_cag_matches_registered_grpo_advantage():
-    # Cross-check the vectorised path against ADVANTAGES["grpo"] on random 0/1 rewards.
+    # Cross-check the vectorised path against ADVANTAGES["grpo"] on random 0/1 rewards: GRPO
+    # divides by the unbiased std (+ 1e-6), CAG by the population std, a factor sqrt(n / (n - 1))
     from pivotal.algos.advantages import ADVANTAGES
     gen = torch.Generator().manual_seed(0)
     g = torch.tensor([3, 1, 4, 1, 5, 9, 2, 6] * 4)
@@ -217,7 +228,9 @@ def test_cag_matches_registered_grpo_advantage():
     diff = (grpo(t, g, mask) - grpo(p, g, mask))[:, 0]
     got = corrective_advantage_gap(t, p, g)
     for gid in g.unique().tolist():
-        assert got[gid] == pytest.approx(float(diff[g == gid].norm()), abs=1e-9)
+        n = int((g == gid).sum())
+        assert got[gid] == pytest.approx(float(diff[g == gid].norm()) * math.sqrt(n / (n - 1)),
+                                         abs=1e-5)
 
 
 @pytest.mark.parametrize("selector", ["cag_oracle", "agreement"])

@@ -10,8 +10,9 @@ default 0.2) of the prompts get their true label queried. Which prompts?
 * CAG, the Corrective Advantage Gap (oracle): for one group,
       CAG = || A_true - A_pseudo ||_2
   where A_true / A_pseudo are the GRPO group-normalised advantages computed from the rewards under
-  the true label and under the pseudo label (mean-centred, divided by the unbiased group std + eps;
-  a group whose std < 1e-8 gets zero advantages). CAG is how much the training signal of that
+  the true label and under the pseudo label (mean-centred, divided by the population group std,
+  as the released code (Lumina04/CARE ttrl_utils.py `_compute_grpo_advantage`); a group whose std
+  < 1e-8 gets zero advantages). CAG is how much the training signal of that
   prompt changes if we correct its label: 0 when the pseudo label is right (identical rewards),
   large when a wrong majority flips the sign of every advantage. Querying the top-p prompts by CAG
   is the oracle selection; it needs the true labels, so it is an upper bound / analysis tool.
@@ -34,6 +35,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -97,21 +99,19 @@ def agreement(answers: Sequence[str | None], group_ids: Tensor) -> dict[int, flo
     return {gid: (hits.get(gid, 0) / size[gid] if labels[gid] is not None else 0.0) for gid in size}
 
 
-def _group_normalised(scores: Tensor, inverse: Tensor, n: int, eps: float) -> Tensor:
-    """(B,) GRPO advantage: (r - mean_g) / (unbiased std_g + eps); 0 where std_g < 1e-8."""
+def _group_normalised(scores: Tensor, inverse: Tensor, n: int) -> Tensor:
+    """(B,) GRPO advantage as the released CAG code takes it: (r - mean_g) / std_g with the
+    population std (numpy's default), 0 where std_g < 1e-8 (a group of one included)."""
     counts = group_count(inverse, n, scores.dtype)
     mean = scores.new_zeros(n).index_add_(0, inverse, scores) / counts
     centered = scores - mean[inverse]
-    sq = scores.new_zeros(n).index_add_(0, inverse, centered**2)
-    # Unbiased (n-1) variance; a group of one has no spread: std 0 -> zero advantage.
-    var = torch.where(counts > 1, sq / (counts - 1).clamp(min=1), torch.zeros_like(sq))
-    std = var.sqrt()
-    adv = centered / (std[inverse] + eps)
-    return torch.where(std[inverse] < ZERO_STD, torch.zeros_like(adv), adv)
+    std = (scores.new_zeros(n).index_add_(0, inverse, centered**2) / counts).sqrt()
+    flat = std[inverse] < ZERO_STD
+    return torch.where(flat, torch.zeros_like(centered), centered / torch.where(flat, 1.0, std[inverse]))
 
 
-def corrective_advantage_gap(true_rewards: Tensor, pseudo_rewards: Tensor, group_ids: Tensor,
-                             eps: float = 1e-6) -> dict[int, float]:
+def corrective_advantage_gap(true_rewards: Tensor, pseudo_rewards: Tensor,
+                             group_ids: Tensor) -> dict[int, float]:
     """Corrective Advantage Gap of each group: || A_true - A_pseudo ||_2 over the group's rows.
 
     true_rewards (B,) rewards scored against the true answer; pseudo_rewards (B,) against the
@@ -133,7 +133,7 @@ def corrective_advantage_gap(true_rewards: Tensor, pseudo_rewards: Tensor, group
     p = pseudo_rewards.to(device=t.device, dtype=dtype)
     uniq, inverse = torch.unique(group_ids.to(t.device), return_inverse=True)
     n = uniq.numel()
-    diff = _group_normalised(t, inverse, n, eps) - _group_normalised(p, inverse, n, eps)
+    diff = _group_normalised(t, inverse, n) - _group_normalised(p, inverse, n)
     gap = t.new_zeros(n).index_add_(0, inverse, diff**2).sqrt()
     return {int(g): float(v) for g, v in zip(uniq.tolist(), gap.tolist())}
 
@@ -142,16 +142,20 @@ def select_by_budget(scores: dict[int, float], budget: float, largest: bool = Tr
     """Group ids to query true labels for: the top ceil(budget * n_groups) by score.
 
     scores: {group id: score} (CAG, or agreement with largest=False); budget in [0, 1]
-    (``reward.label_budget``). Ties are broken by group id ascending, so the result is
-    deterministic. budget 0 -> empty set, 1 -> every group.
+    (``reward.label_budget``). The groups are ranked in ascending id order (the prompts' order)
+    with numpy's argsort, as the released CAG selection does (`np.argsort(-scores)`, whose ties
+    fall in index order for up to 16 groups, and as numpy's introsort leaves them beyond); the
+    lowest-first ranking of the agreement selector is stable (ties by id). budget 0 -> empty set,
+    1 -> every group.
     """
     if isinstance(budget, bool) or not isinstance(budget, (int, float)) or not 0.0 <= budget <= 1.0:
         raise ValueError(f"reward.label_budget must be a number in [0, 1], got {budget!r}")
     # Snap float noise before the ceil: 0.3 * 10 = 3.0000000000000004 must select 3 groups.
     k = math.ceil(round(budget * len(scores), 9))
-    sign = -1.0 if largest else 1.0
-    ranked = sorted(scores, key=lambda gid: (sign * float(scores[gid]), gid))
-    return set(ranked[:k])
+    ids = sorted(scores)
+    values = np.array([float(scores[g]) for g in ids], dtype=float)
+    order = np.argsort(-values) if largest else np.argsort(values, kind="stable")
+    return {ids[i] for i in order[:k].tolist()}
 
 
 def pseudo_label_accuracy(labels: dict[int, str | None], truth: dict[int, str]) -> float:
