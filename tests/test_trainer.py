@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from pivotal import checkpoint as ckpt
-from pivotal.config import load_config
+from pivotal.config import ConfigError, load_config
 from pivotal.metrics import read_metrics
 from pivotal.trainer import Trainer
 
@@ -193,22 +193,42 @@ def test_active_labels_use_truth_only_for_the_chosen_groups(tmp_path):
              "4 + 4 = 9", "4 + 4 = 9", "4 + 4 = 9", "4 + 4 = 8"]    # majority wrong (9)
     expanded = [p for p in problems for _ in range(4)]
 
-    def run(labels, budget):
+    def run(labels, budget, unlabeled="auto"):
         cfg = tiny_config(tmp_path, **{"reward.labels": labels, "reward.label_budget": budget,
-                                       "reward.components": "[{name: task}]"})
+                                       "reward.components": "[{name: task}]",
+                                       "reward.unlabeled_weight": unlabeled})
         trainer = Trainer(cfg, progress=False)
         group_ids = torch.tensor([0] * 4 + [1] * 4)
         true = torch.tensor([1.0, 1, 1, 0, 0, 0, 0, 1])  # against the truth
-        rewards, metrics = trainer.active_labels(texts, expanded, true, group_ids)
-        return rewards.tolist(), metrics
+        rewards, metrics, weights = trainer.active_labels(texts, expanded, true, group_ids)
+        return rewards.tolist(), metrics, weights.tolist()
 
-    pseudo, m = run("pseudo", 0.2)
+    pseudo, m, w = run("pseudo", 0.2)
     assert pseudo == [1, 1, 1, 0, 1, 1, 1, 0]  # group b trains toward its wrong majority, 9
     assert m["labels_queried"] == 0 and m["pseudo_label_accuracy"] == 0.5
-    oracle, m = run("cag_oracle", 0.5)  # one of two groups: b, where the pseudo-label is wrong
+    assert w == [1.0] * 8                      # test-time RL: the pseudo-labels are all there is
+    oracle, m, w = run("cag_oracle", 0.5)  # one of two groups: b, where the pseudo-label is wrong
     assert oracle == [1, 1, 1, 0, 0, 0, 0, 1] and m["labels_queried"] == 1
-    agree, m = run("agreement", 0.5)  # both groups agree 3/4: the tie goes to the lower id, a
+    assert w == [0.0] * 4 + [1.0] * 4          # released: the unqueried group a does not train
+    agree, m, w = run("agreement", 0.5)  # both groups agree 3/4: the tie goes to the lower id, a
     assert agree == [1, 1, 1, 0, 1, 1, 1, 0] and m["labels_queried"] == 1
+    assert w == [1.0] * 4 + [0.0] * 4
+    _, _, w = run("cag_oracle", 0.5, "pseudo")  # the earlier behaviour: pseudo-labels at weight 1
+    assert w == [1.0] * 8
+
+
+def test_unqueried_prompts_get_zero_advantages_in_the_step(tmp_path):
+    cfg = tiny_config(tmp_path, **{"reward.labels": "cag_oracle", "reward.label_budget": 0.5,
+                                   "reward.components": "[{name: task}]"})
+    trainer = Trainer(cfg, progress=False)
+    batch, metrics = trainer.rollout()
+    weight = batch.extras["advantage_weight"]
+    assert sorted(weight.unique().tolist()) == [0.0, 1.0]   # one of the two prompts is queried
+    assert metrics["labels_queried"] == int(weight.sum()) // trainer.cfg.rollout.group_size
+    trainer.prepare(batch)
+    assert (batch.advantages[weight == 0] == 0).all()
+    with pytest.raises(ConfigError, match="reward.unlabeled_weight"):
+        load_config(None, ["reward.labels=cag_oracle", "reward.unlabeled_weight=soft"])
 
 
 def test_reference_can_be_another_model_with_the_same_tokenizer(tmp_path):

@@ -147,6 +147,11 @@ class RewardConfig:
                      "labels for the label_budget prompts whose samples agree least; label-free).",
                      "labels")
     label_budget: float = _f(0.2, "Fraction of each step's prompts whose true label is queried.")
+    unlabeled_weight: str = _f("auto", "Advantage weight of the prompts that train on a pseudo-label "
+                               "under active labels: zero (the released CAG / ranked-label code: "
+                               "only queried prompts train), pseudo (weight 1, the majority "
+                               "vote as their label), auto (zero when some prompts are queried, "
+                               "pseudo under labels=pseudo).")
 
 
 @dataclass

@@ -2,8 +2,14 @@
 
 Every group gets a pseudo-label (majority vote of its extracted answers). The true label is used
 for the `reward.label_budget` share of groups that the selector `reward.labels` chooses
-(`pivotal.algos.labels.LABEL_SELECTORS`); the rest train on their pseudo-label. `reward.labels=all`
-(the default) switches this stage off: every group trains on its true label.
+(`pivotal.algos.labels.LABEL_SELECTORS`); the rest train on their pseudo-label, with the advantage
+weight `reward.unlabeled_weight`: 0 by default, as the released code (Lumina04/CARE
+verl/trainer/ppo/ray_trainer.py multiplies the advantages of prompts without a true label by 0
+under its oracle and ranked-label estimators), so only queried prompts train; 1 with `pseudo`
+(and under `reward.labels=pseudo`, test-time RL, where no prompt is queried). The weight goes to
+batch.extras["advantage_weight"] and scales the advantages after they are computed, so the
+unweighted rows still count in the loss's denominators, as there. `reward.labels=all` (the
+default) switches this stage off: every group trains on its true label.
 """
 
 from __future__ import annotations
@@ -16,18 +22,26 @@ from .algos.labels import LABEL_SELECTORS, majority_labels, pseudo_label_accurac
 from .errors import DataError
 from .rewards import RewardScorer, extracted
 
+UNLABELED_WEIGHTS = ("auto", "zero", "pseudo")
+ADVANTAGE_WEIGHT_KEY = "advantage_weight"   # batch.extras: (B,) weight on each row's advantages
+
 
 class ActiveLabels:
     """Turns true-label rewards into training rewards under a label budget."""
 
-    def __init__(self, selector: str, budget: float, scorer: RewardScorer, extract: list[str]):
+    def __init__(self, selector: str, budget: float, scorer: RewardScorer, extract: list[str],
+                 unlabeled_weight: str = "auto"):
         self.select = LABEL_SELECTORS.get(selector)
         self.selector, self.budget, self.scorer = selector, budget, scorer
         self.extract = tuple(extract)
+        if unlabeled_weight == "auto":
+            unlabeled_weight = "pseudo" if selector == "pseudo" else "zero"
+        self.unlabeled_weight = 0.0 if unlabeled_weight == "zero" else 1.0
 
     def __call__(self, texts: list[str], problems: list, true_rewards: torch.Tensor,
-                 group_ids: torch.Tensor, runtime=None) -> tuple[torch.Tensor, dict]:
-        """(B,) training rewards and the label metrics (labels_queried, pseudo_label_accuracy).
+                 group_ids: torch.Tensor, runtime=None) -> tuple[torch.Tensor, dict, torch.Tensor]:
+        """(B,) training rewards, the label metrics (labels_queried, pseudo_label_accuracy) and
+        (B,) advantage weights: 1 on queried groups, `unlabeled_weight` elsewhere.
 
         The training signal reads the truth only for the chosen groups (and for choosing, where
         the selector says so). The pseudo-label accuracy uses the truth for every group, as a
@@ -56,7 +70,8 @@ class ActiveLabels:
         truth = {g: p.answer for p, g in zip(problems, gids)}
         metrics = {"labels_queried": len(queried),
                    "pseudo_label_accuracy": pseudo_label_accuracy(majority, truth)}
-        return training_rewards(true_rewards, pseudo, group_ids, queried), metrics
+        weights = torch.tensor([1.0 if g in queried else self.unlabeled_weight for g in gids])
+        return training_rewards(true_rewards, pseudo, group_ids, queried), metrics, weights
 
 
 def select_over_ranks(select, parts: list[tuple], rank: int, budget: float) -> set[int]:
@@ -81,4 +96,5 @@ def build_active_labels(reward_cfg, scorer: RewardScorer) -> ActiveLabels | None
     """The stage for `reward.labels`, or None when every group uses its true label ('all')."""
     if reward_cfg.labels == "all":
         return None
-    return ActiveLabels(reward_cfg.labels, reward_cfg.label_budget, scorer, reward_cfg.extract)
+    return ActiveLabels(reward_cfg.labels, reward_cfg.label_budget, scorer, reward_cfg.extract,
+                        reward_cfg.unlabeled_weight)

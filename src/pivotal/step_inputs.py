@@ -25,6 +25,7 @@ from .algos.credit import DIVERGENCE_INPUT
 from .algos.objective import rollout_correction_of
 from .batch import RolloutBatch
 from .divergence import response_divergences
+from .labeling import ADVANTAGE_WEIGHT_KEY
 from .logprobs import logprobs_no_grad, per_token_no_grad, policy_token_stats
 
 
@@ -99,6 +100,9 @@ class StepInputs:
                 correction)[0] if correction.active else None
         batch.advantages = self.advantage(batch.rewards, batch.group_ids, batch.response_mask,
                                           **self.advantage_options, **extra)
+        weight = batch.extras.get(ADVANTAGE_WEIGHT_KEY)  # e.g. 0 on prompts without a true label
+        if weight is not None:
+            batch.advantages = batch.advantages * weight.to(batch.advantages)[:, None]
         if cfg.reward.mask_truncated:
             batch.token_weights = truncation_mask(batch.truncated, batch.response_mask)
         if self.credit_statistics is not None:  # whole-group inputs of the credit, once per step

@@ -56,7 +56,7 @@ from .errors import CheckpointError, NonFiniteError
 from .evaluation import evaluate, merge_eval_summaries
 from .export import export_checkpoint
 from .interrupts import GracefulInterrupts, RunInterrupted
-from .labeling import build_active_labels
+from .labeling import ADVANTAGE_WEIGHT_KEY, build_active_labels
 from .metrics import (
     MetricsLogger,
     StepState,
@@ -170,9 +170,10 @@ class Trainer:
         batch.rewards = torch.tensor([s["reward"] for s in scores], dtype=torch.float32)
         # `correct` always uses the ground truth: a diagnostic, also under active labels
         batch.correct = torch.tensor([s["correct"] for s in scores], dtype=torch.bool)
+        extras = {"text": texts, "problem_id": [p.id for p in expanded]}
         if self.active_labels is not None:
-            batch.rewards, state.label_metrics = self.active_labels(texts, expanded, batch.rewards,
-                                                                    batch.group_ids, rt)
+            batch.rewards, state.label_metrics, extras[ADVANTAGE_WEIGHT_KEY] = self.active_labels(
+                texts, expanded, batch.rewards, batch.group_ids, rt)
             # the run's total over every rank, the same on each (what a checkpoint keeps)
             self.labels_queried += int(rt.sum_floats(state.label_metrics["labels_queried"])[0])
             state.label_metrics["labels_queried_total"] = self.labels_queried
@@ -181,7 +182,7 @@ class Trainer:
                 batch.response_lengths, r.max_new_tokens, cfg.reward.overlong_buffer,
                 cfg.reward.overlong_factor)
         batch.group_ids = batch.group_ids + group_offset + rt.rank * share  # unique over ranks
-        batch.extras = {"text": texts, "problem_id": [p.id for p in expanded]}
+        batch.extras = extras
         state.seconds["generate"] += t1 - t0
         state.seconds["score"] += time.perf_counter() - t1
         return batch

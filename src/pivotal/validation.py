@@ -117,10 +117,14 @@ def validate_config(cfg: Config) -> None:
         section, key = path.split(".")
         _positive(getattr(getattr(cfg, section), key), path, allow_zero=True)
     from .algos.labels import LABEL_SELECTORS
+    from .labeling import UNLABELED_WEIGHTS
     label_modes = ["all", *LABEL_SELECTORS.names()]
     if cfg.reward.labels not in label_modes:
         raise ConfigError(f"reward.labels '{cfg.reward.labels}' is not one of "
                           f"{', '.join(label_modes)}.{nearest_name(cfg.reward.labels, label_modes)}")
+    if cfg.reward.unlabeled_weight not in UNLABELED_WEIGHTS:
+        raise ConfigError(f"reward.unlabeled_weight must be one of {', '.join(UNLABELED_WEIGHTS)}, "
+                          f"got {cfg.reward.unlabeled_weight!r}")
     if not 0 <= cfg.reward.label_budget <= 1:
         raise ConfigError(f"reward.label_budget must be in [0, 1], got {cfg.reward.label_budget}")
     _check_reference(cfg)
