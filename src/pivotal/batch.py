@@ -12,6 +12,11 @@ from typing import Any
 
 import torch
 
+# batch.extras key of an optional (B,) weight on each row's advantages, set by a stage before the
+# advantages (the active-label stage: 0 on prompts without a true label) and applied right after
+# them (`pivotal.step_inputs`); weighted rows keep their place in the loss's denominators.
+ADVANTAGE_WEIGHT_KEY = "advantage_weight"
+
 
 @dataclass
 class RolloutBatch:

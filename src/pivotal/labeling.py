@@ -7,7 +7,7 @@ weight `reward.unlabeled_weight`: 0 by default, as the released code (Lumina04/C
 verl/trainer/ppo/ray_trainer.py multiplies the advantages of prompts without a true label by 0
 under its oracle and ranked-label estimators), so only queried prompts train; 1 with `pseudo`
 (and under `reward.labels=pseudo`, test-time RL, where no prompt is queried). The weight goes to
-batch.extras["advantage_weight"] and scales the advantages after they are computed, so the
+batch.extras[ADVANTAGE_WEIGHT_KEY] (`pivotal.batch`) and scales the advantages after they are computed, so the
 unweighted rows still count in the loss's denominators, as there. `reward.labels=all` (the
 default) switches this stage off: every group trains on its true label.
 """
@@ -23,7 +23,6 @@ from .errors import DataError
 from .rewards import RewardScorer, extracted
 
 UNLABELED_WEIGHTS = ("auto", "zero", "pseudo")
-ADVANTAGE_WEIGHT_KEY = "advantage_weight"   # batch.extras: (B,) weight on each row's advantages
 
 
 class ActiveLabels:

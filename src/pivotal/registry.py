@@ -53,7 +53,7 @@ class Registry(Generic[F]):
 
     def get(self, name: str) -> F:
         if name in self._renamed and name not in self._table:
-            raise UnknownNameError(f"{self._renamed[name]}; set '{name}' to the new name")
+            raise UnknownNameError(f"{self._renamed[name]}; write the new name in its place")
         if name not in self._table:
             raise UnknownNameError(
                 f"unknown {self.kind} '{name}'.{suggest(name, self.names())} "

@@ -23,9 +23,8 @@ from .algos import (
 from .algos.correction import rollout_correction_weights
 from .algos.credit import DIVERGENCE_INPUT
 from .algos.objective import rollout_correction_of
-from .batch import RolloutBatch
+from .batch import ADVANTAGE_WEIGHT_KEY, RolloutBatch
 from .divergence import response_divergences
-from .labeling import ADVANTAGE_WEIGHT_KEY
 from .logprobs import logprobs_no_grad, per_token_no_grad, policy_token_stats
 
 

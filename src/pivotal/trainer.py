@@ -40,7 +40,7 @@ from .algos import (
     dynamic_sampling_mask,
     overlong_penalty,
 )
-from .batch import RolloutBatch
+from .batch import ADVANTAGE_WEIGHT_KEY, RolloutBatch
 from .callbacks import CallbackList
 from .config import Config, resolve_config, save_config
 from .distributed import (
@@ -56,7 +56,7 @@ from .errors import CheckpointError, NonFiniteError
 from .evaluation import evaluate, merge_eval_summaries
 from .export import export_checkpoint
 from .interrupts import GracefulInterrupts, RunInterrupted
-from .labeling import ADVANTAGE_WEIGHT_KEY, build_active_labels
+from .labeling import build_active_labels
 from .metrics import (
     MetricsLogger,
     StepState,

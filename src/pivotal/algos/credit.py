@@ -52,6 +52,7 @@ gives the credit the loss's value (configured or default) and refuses a differen
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Iterable
 
 import torch
@@ -134,8 +135,6 @@ def resolve_credit_options(fn: Callable, options: dict, loss_fn: Callable,
     """The credit's options with its shared loss options filled in from the loss: the loss's
     configured value, else its default. A credit value that differs from the loss's raises
     ValueError; a loss without the option leaves the credit's own default."""
-    import inspect
-
     out = dict(options)
     params = inspect.signature(loss_fn).parameters
     for mine, theirs in getattr(fn, "shared_loss_options", {}).items():

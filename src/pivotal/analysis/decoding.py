@@ -82,8 +82,8 @@ def choose_tokens(logits: Tensor, params: SamplingParams,
     scaled = logits.float()
     if params.temperature > 0:
         scaled = scaled / params.temperature
-        probs = torch.softmax(filter_logits(scaled, params.top_k, params.top_p), dim=-1)
-        tokens = torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+        tokens = torch.multinomial(_draw_probabilities(logits, params), 1,
+                                   generator=generator).squeeze(-1)
     else:
         tokens = scaled.argmax(dim=-1)
     logp = torch.log_softmax(scaled, dim=-1).gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
@@ -343,7 +343,8 @@ class ExtrapolationEngine(_TwoModelEngine):
 
 
 def _draw_probabilities(logits: Tensor, params: SamplingParams) -> Tensor:
-    """(N, V) the probability `choose_tokens` emits each token with (one-hot argmax when greedy)."""
+    """(N, V) the probability `choose_tokens` draws each token with (one-hot argmax when greedy):
+    softmax of the top-k / top-p filtered logits / T."""
     if params.temperature > 0:
         scaled = filter_logits(logits.float() / params.temperature, params.top_k, params.top_p)
         return torch.softmax(scaled, dim=-1)
