@@ -17,7 +17,7 @@ OMP_NUM_THREADS=1 finish sooner than one with two threads).
 
 The experiment (model, task, rollout budget, reward, evaluation) comes from the `--base` config;
 each method config in configs/ contributes only its `algo` and `optim` sections and its
-`reward.labels` / `reward.label_budget` / `reward.unlabeled_weight` (active labels), so only the
+`reward.labels` / `label_budget` / `label_options` / `unlabeled_weight` (active labels), so only the
 algorithm differs.
 Extra `section.key=value` overrides apply to every run. The base model's held-out evaluation is
 computed once and shared: greedy decoding of the same problems by the same model gives the same
@@ -40,7 +40,7 @@ from pivotal.trainer import Trainer
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 METHOD_SECTIONS = ("algo", "optim")
-METHOD_REWARD_KEYS = ("labels", "label_budget", "unlabeled_weight")
+METHOD_REWARD_KEYS = ("labels", "label_budget", "label_options", "unlabeled_weight")
 
 
 def _yaml(name: str) -> dict:

@@ -209,15 +209,21 @@ def test_two_rank_lora_run_resumes_exactly(tmp_path):
         torch.testing.assert_close(b[k], a[k], rtol=0, atol=0)
 
 
-def test_the_active_label_budget_is_a_share_of_the_global_batch(tmp_path):
+@pytest.mark.parametrize("selector", ["cag_oracle", "care"])
+def test_the_active_label_budget_is_a_share_of_the_global_batch(tmp_path, selector):
     """2 ranks x 1 group each, budget 0.5: one true label per step in all (ceil(0.5 x 2)), not
-    one per rank (ceil(0.5 x 1) each)."""
-    run = _torchrun("-m", "pivotal", "train", *TRAIN, "train.steps=2", "reward.labels=cag_oracle",
-                    "reward.label_budget=0.5", f"--output-dir={tmp_path}", "--quiet")
+    one per rank (ceil(0.5 x 1) each). CARE's probe scores both ranks' groups together."""
+    extra = (["reward.label_options={warmup_steps: 1, prompt_dim: 8, mid_dim: 8, resp_dim: 8, "
+              "resp_out: 8}"] if selector == "care" else [])
+    run = _torchrun("-m", "pivotal", "train", *TRAIN, "train.steps=2", f"reward.labels={selector}",
+                    "reward.label_budget=0.5", *extra, f"--output-dir={tmp_path}", "--quiet")
     assert run.returncode == 0, run.stderr[-3000:]
     rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert [r["labels_queried"] for r in rows] == [1, 1]
     assert rows[-1]["labels_queried_total"] == 2
+    if selector == "care":  # after the 1-step warm-up ceil(0.25 x 2) = 1 of the 2 groups is gated
+        assert [r["labels_gated"] for r in rows] == [0, 1]
+        assert [r["probe_buffer"] for r in rows] == [1, 2]
 
 
 BF16_RUNS = {  # name -> (launcher, overrides, dtype the trained weights are stored in)

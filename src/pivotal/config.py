@@ -143,15 +143,20 @@ class RewardConfig:
     labels: str = _f("all", "Which prompts train on their ground-truth label (CAG / CARE active "
                      "labels): all, or a label selector: pseudo (majority vote only), cag_oracle "
                      "(true labels for the top label_budget prompts by corrective advantage gap; "
-                     "an oracle upper bound that peeks at every label to choose), agreement (true "
-                     "labels for the label_budget prompts whose samples agree least; label-free).",
+                     "an oracle upper bound that peeks at every label to choose), care (CARE's "
+                     "two-stage hidden-state probe, trained online on the queried prompts), "
+                     "agreement (the label_budget prompts whose samples agree least; label-free).",
                      "labels")
     label_budget: float = _f(0.2, "Fraction of each step's prompts whose true label is queried.")
+    label_options: dict = _f({}, "Options of a selector that takes them (care: prob_gate, "
+                             "warmup_steps, soft_adv, lr, train_steps, buffer_size, ...; "
+                             "docs/methods.md).")
     unlabeled_weight: str = _f("auto", "Advantage weight of the prompts that train on a pseudo-label "
                                "under active labels: zero (the released CAG / ranked-label code: "
-                               "only queried prompts train), pseudo (weight 1, the majority "
-                               "vote as their label), auto (zero when some prompts are queried, "
-                               "pseudo under labels=pseudo).")
+                               "only queried prompts train), soft (CARE: clip(soft_adv x expected "
+                               "gap, 0, 1) on the prompts its probe trusts, 0 on the rest), "
+                               "pseudo (weight 1, the majority vote as their label), auto (soft "
+                               "under care, pseudo under pseudo, else zero).")
 
 
 @dataclass

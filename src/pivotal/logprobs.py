@@ -237,3 +237,27 @@ def logprobs_no_grad(model, batch: RolloutBatch, temperature: float, share_promp
     device = next(model.parameters()).device
     return per_token_no_grad(batch, lambda view: {"logp": policy_logprobs(
         model, view, temperature, share_prompt=share_prompt)[0]}, micro_batch_size, device)["logp"]
+
+
+@torch.no_grad()
+def last_token_states(model, batch: RolloutBatch, micro_batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """((B, H), (B, H)) float32 CPU: the model's final-layer state (after its last norm) at each
+    row's last prompt token and at its last response token, micro-batched, without gradient.
+
+    Read from `output_hidden_states`, whose last entry is the normed output, so any wrapper
+    (peft, a plain causal LM) works; `logits_to_keep=1` keeps the LM head to one position."""
+    device = next(model.parameters()).device
+    prompt_states, response_states_ = [], []
+    for start in range(0, batch.size, micro_batch_size):
+        view = trim_padding(batch.select(torch.arange(start, min(start + micro_batch_size,
+                                                                 batch.size)))).to(device)
+        attention = view.attention_mask
+        out = model(input_ids=view.input_ids, attention_mask=attention,
+                    position_ids=(attention.cumsum(dim=1) - 1).clamp(min=0),
+                    output_hidden_states=True, logits_to_keep=1, use_cache=False)
+        states = out.hidden_states[-1]
+        P = view.prompt_ids.shape[1]
+        last = (P + view.response_lengths.long() - 1).clamp(min=P - 1)
+        prompt_states.append(states[:, P - 1].float().cpu())
+        response_states_.append(states[torch.arange(view.size, device=device), last].float().cpu())
+    return torch.cat(prompt_states), torch.cat(response_states_)

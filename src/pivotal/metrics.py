@@ -158,6 +158,8 @@ def format_step(step: int, total: int, m: dict) -> str:
         return f"step {step}/{total} | skipped ({why}; weights unchanged) | reward {m['reward']:.3f}"
     labels = (f" | labels {m['labels_queried']} (total {m['labels_queried_total']}) pseudo-acc "
               f"{m['pseudo_label_accuracy']:.2f}" if "labels_queried" in m else "")
+    if "labels_gated" in m:  # CARE: prompts its probe trusts, kept out of the query
+        labels += f" gated {m['labels_gated']:.0f}"
     shift_keys = [k for k in m if k.startswith("shift_frac_")]  # the live shift monitor
     shift = (f" | shifted(|Δlogp|>{shift_keys[0][len('shift_frac_'):]}) {m[shift_keys[0]]:.3f}"
              if shift_keys else "")

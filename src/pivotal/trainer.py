@@ -98,13 +98,13 @@ class Trainer:
         self.task = task if task is not None else build_task(cfg.task.name, **cfg.task.options)
         self.scorer = scorer if scorer is not None else build_scorer(
             cfg.reward.components, cfg.reward.extract, cfg.reward.timeout_s)
-        self.active_labels = build_active_labels(cfg.reward, self.scorer)
         self.callbacks = CallbackList(callbacks)
         models = build_policy_models(cfg, rt, rank_device(cfg.model.device, rt), model, tokenizer)
         self.model, self.tokenizer, self.adapters = models.model, models.tokenizer, models.adapters
         self.auxiliary, self.trained, self.whole_policy = models.auxiliary, models.trained, models.whole_policy
         self.ref_model, self.shift_monitor = models.ref_model, models.shift_monitor
         self.device = next(self.model.parameters()).device
+        self.active_labels = build_active_labels(cfg, self.scorer, self.whole_policy)
         self.engine = build_engine(self.whole_policy, self.tokenizer, cfg.rollout,
                                    seed_for(cfg.train.seed, rt.rank) if rt.active else cfg.train.seed,
                                    output_dir=str(self.out_dir), runtime=rt)
@@ -173,7 +173,8 @@ class Trainer:
         extras = {"text": texts, "problem_id": [p.id for p in expanded]}
         if self.active_labels is not None:
             batch.rewards, state.label_metrics, extras[ADVANTAGE_WEIGHT_KEY] = self.active_labels(
-                texts, expanded, batch.rewards, batch.group_ids, rt)
+                texts, expanded, batch.rewards, batch.group_ids, rt, correct=batch.correct,
+                batch=batch, step=self.step)
             # the run's total over every rank, the same on each (what a checkpoint keeps)
             self.labels_queried += int(rt.sum_floats(state.label_metrics["labels_queried"])[0])
             state.label_metrics["labels_queried_total"] = self.labels_queried
@@ -317,6 +318,8 @@ class Trainer:
         state = {"step": self.step, "cursor": self.cursor, "scheduler": self.scheduler.state_dict(),
                  "history": self.history, "config": self.cfg.to_dict(),
                  "labels_queried": self.labels_queried}
+        if self.active_labels is not None:  # a stateful selector's state (CARE's probes)
+            state["label_selector"] = self.active_labels.state_dict()
         if self.ref_model is not None and reference_ratchets(self.cfg):  # the reference moved: keep it
             state["reference"] = {k: v.detach().cpu() for k, v in self.ref_model.state_dict().items()}
         if rt.active:  # the auxiliary heads are in the DCP shards with the policy
@@ -367,6 +370,8 @@ class Trainer:
         self.step, self.cursor = state["step"], state["cursor"]
         self.history = state.get("history", {})
         self.labels_queried = state.get("labels_queried", 0)
+        if self.active_labels is not None:
+            self.active_labels.load_state_dict(state.get("label_selector", {}))
         self.engine_stale = True
         log.info("resumed from %s (step %d)", path, self.step)
         return True

@@ -31,6 +31,30 @@ def check_options(fn, options: dict, where: str) -> None:
                               f"Valid options: {', '.join(valid) or 'none'}")
 
 
+def _check_label_selector(cfg: Config, selectors) -> None:
+    """reward.label_options against the selector's signature (and its own range checks, by
+    building it once); `soft` weights only from a selector that scores unqueried prompts."""
+    r = cfg.reward
+    if r.labels == "all":
+        if r.label_options:
+            raise ConfigError("reward.label_options is set but reward.labels is 'all'")
+        return
+    entry = selectors.get(r.labels)
+    stateful = isinstance(entry, type)
+    if r.unlabeled_weight == "soft" and not stateful:
+        raise ConfigError(f"reward.unlabeled_weight=soft needs a selector that scores the "
+                          f"unqueried prompts (reward.labels=care), not '{r.labels}'")
+    if not stateful:
+        if r.label_options:
+            raise ConfigError(f"reward.label_options: reward.labels={r.labels} takes no options")
+        return
+    check_options(entry, r.label_options, f"reward.labels={r.labels}")
+    try:
+        entry(cfg.rollout.group_size, cfg.rollout.max_new_tokens, 0, **r.label_options)
+    except TypeError as e:
+        raise ConfigError(f"reward.label_options: {e}") from None
+
+
 def _positive(value, path: str, allow_zero: bool = False) -> None:
     if value < 0 or (value == 0 and not allow_zero):
         raise ConfigError(f"config key '{path}' must be {'>= 0' if allow_zero else '> 0'}, "
@@ -127,6 +151,7 @@ def validate_config(cfg: Config) -> None:
                           f"got {cfg.reward.unlabeled_weight!r}")
     if not 0 <= cfg.reward.label_budget <= 1:
         raise ConfigError(f"reward.label_budget must be in [0, 1], got {cfg.reward.label_budget}")
+    _check_label_selector(cfg, LABEL_SELECTORS)
     _check_reference(cfg)
     _check_dist(cfg)
     _check_lora(cfg)

@@ -1,4 +1,4 @@
-"""Label selection for RL with active verifiable rewards: majority pseudo-labels, CAG, a CARE-like score.
+"""Label selection for RL with active verifiable rewards: majority pseudo-labels, CAG, agreement.
 
 Paper: "RL with active verifiable rewards (CAG / CARE)", see docs/algorithms.md [code]
 (implemented from the paper and its released code).
@@ -16,10 +16,11 @@ default 0.2) of the prompts get their true label queried. Which prompts?
   prompt changes if we correct its label: 0 when the pseudo label is right (identical rewards),
   large when a wrong majority flips the sign of every advantage. Querying the top-p prompts by CAG
   is the oracle selection; it needs the true labels, so it is an upper bound / analysis tool.
-* CARE-like estimate (label-free): the paper's CARE trains a probe on hidden states to predict CAG
-  before querying. Simplification: we use the majority agreement rate instead (fraction of the
-  group that voted for the majority answer) and query the prompts with the LOWEST agreement, where
-  the pseudo label is most likely wrong. No probe, no hidden states.
+* Agreement (label-free, ours): the majority agreement rate (fraction of the group that voted for
+  the majority answer); query the prompts with the LOWEST agreement, where the pseudo label is
+  most likely wrong. No probe, no hidden states. CARE itself, which learns to predict the gap from
+  the policy's hidden states, is the stateful selector `care` (`pivotal.algos.care`,
+  `pivotal.care_probe`).
 
 Everything here is a pure function on python lists / CPU-or-GPU tensors; the per-row advantage
 math is one vectorised pass (``torch.unique`` + ``index_add_``), and only the final per-group
@@ -81,7 +82,7 @@ def majority_labels(answers: Sequence[str | None], group_ids: Tensor) -> dict[in
 
 
 def agreement(answers: Sequence[str | None], group_ids: Tensor) -> dict[int, float]:
-    """Majority agreement rate of each group (the CARE-like, label-free estimate).
+    """Majority agreement rate of each group (the label-free estimate).
 
     answers: B answer keys or None; group_ids (B,) -> {group id: (# rows whose answer equals the
     majority label) / (group size)}, 0.0 for a group with no label. Rows with no extracted answer
@@ -203,7 +204,7 @@ def select_by_cag(true_rewards: Tensor, pseudo_rewards: Tensor, answers: Sequenc
 def select_by_agreement(true_rewards: Tensor, pseudo_rewards: Tensor,
                         answers: Sequence[str | None], group_ids: Tensor,
                         budget: float) -> set[int]:
-    """The `budget` groups whose answers agree least (CARE-like, label-free: reads no truth)."""
+    """The `budget` groups whose answers agree least (label-free: reads no truth)."""
     return select_by_budget(agreement(answers, group_ids), budget, largest=False)
 
 
