@@ -17,11 +17,12 @@ log = logging.getLogger("pivotal.metrics")
 
 @dataclass
 class StepState:
-    """What one training step accumulates besides its metrics: seconds per phase, label metrics."""
+    """What one training step accumulates besides its metrics: seconds per phase, the metrics of
+    the stages after scoring (active labels, hints)."""
 
     seconds: dict[str, float] = field(default_factory=lambda: dict.fromkeys(
-        ("sync", "generate", "score", "train"), 0.0))
-    label_metrics: dict = field(default_factory=dict)
+        ("sync", "generate", "score", "hints", "train"), 0.0))
+    stage_metrics: dict = field(default_factory=dict)
     sync_metrics: dict = field(default_factory=dict)  # bytes the engine's weight sync moved
 
     def timing_metrics(self) -> dict[str, float]:
@@ -160,6 +161,8 @@ def format_step(step: int, total: int, m: dict) -> str:
               f"{m['pseudo_label_accuracy']:.2f}" if "labels_queried" in m else "")
     if "labels_gated" in m:  # CARE: prompts its probe trusts, kept out of the query
         labels += f" gated {m['labels_gated']:.0f}"
+    if m.get("credit_modulated_frac"):  # a gated credit: its reach and mean multiplier
+        labels += f" | credit x{m['credit_mean']:.3f} on {100 * m['credit_modulated_frac']:.1f}%"
     shift_keys = [k for k in m if k.startswith("shift_frac_")]  # the live shift monitor
     shift = (f" | shifted(|Δlogp|>{shift_keys[0][len('shift_frac_'):]}) {m[shift_keys[0]]:.3f}"
              if shift_keys else "")
@@ -169,7 +172,8 @@ def format_step(step: int, total: int, m: dict) -> str:
             f"{m.get('clip_frac_high', 0):.3f} gnorm {m.get('grad_norm', math.nan):.3f} "
             f"zero-var {m['zero_variance_groups']:.2f} | {m['tokens_per_s']:.0f} tok/s "
             f"| gen {m['time_generate']:.1f}s score {m['time_score']:.1f}s "
-            f"train {m['time_train']:.1f}s")
+            + (f"hints {m['time_hints']:.1f}s " if m.get("time_hints") else "")
+            + f"train {m['time_train']:.1f}s")
 
 
 def format_eval(tag: str, s: dict) -> str:

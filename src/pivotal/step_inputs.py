@@ -8,6 +8,7 @@ this module gathers exactly that, with no branch on a method's name.
 from __future__ import annotations
 
 import inspect
+import time
 
 import torch
 
@@ -23,8 +24,10 @@ from .algos import (
 from .algos.correction import rollout_correction_weights
 from .algos.credit import DIVERGENCE_INPUT
 from .algos.objective import rollout_correction_of
+from .algos.self_distill import CONTEXT_LOGPROBS_KEY
 from .batch import ADVANTAGE_WEIGHT_KEY, RolloutBatch
 from .divergence import response_divergences
+from .hints import context_batch
 from .logprobs import logprobs_no_grad, per_token_no_grad, policy_token_stats
 
 
@@ -42,6 +45,7 @@ class StepInputs:
         credit = CREDITS.get(cfg.algo.credit)
         inputs = credit_requirements(credit, cfg.algo.credit_options)
         self.credit_statistics = getattr(credit, "rollout_statistics", None)
+        self.reads_context = "context_logprobs" in inputs
         self.divergence_kinds = sorted(n[len(DIVERGENCE_INPUT):] for n in inputs
                                        if n.startswith(DIVERGENCE_INPUT))
         self.advantage = ADVANTAGES.get(cfg.algo.advantage)
@@ -78,6 +82,10 @@ class StepInputs:
             batch.ref_logprobs = self.logprobs(self.ref_model, batch)
         if self.shift_monitor is not None:
             metrics.update(self.shift_monitor(batch, self.logprobs))
+        if self.reads_context:  # the old policy's log-probs with the hint in the prompt
+            t0 = time.perf_counter()
+            batch.extras[CONTEXT_LOGPROBS_KEY] = self.logprobs(self.model, context_batch(batch, 0))
+            metrics["time_context_logprobs"] = time.perf_counter() - t0
         if self.divergence_kinds:  # per-token divergence: old policy vs the frozen reference
             divergences = per_token_no_grad(batch, lambda view: response_divergences(
                 self.model, self.ref_model, view, temperature=cfg.rollout.temperature,

@@ -1,10 +1,10 @@
 """The RLVR training loop: rollout -> reward -> advantage -> credit inputs -> policy update.
 
-One training step samples `prompts_per_step x group_size` responses, scores them, gathers what the
-configured methods read (reference log-probs, divergences), computes (B, T) advantages, then runs
-the optimizer steps of `pivotal.update.PolicyUpdate`, whose loss is the one pure objective of
-`pivotal.algos.objective`. Every method is a registry entry resolved at start-up; this file names
-none of them.
+One training step samples `prompts_per_step x group_size` responses and scores them (the sampling
+rounds, `pivotal.sampling`), gathers what the configured methods read (reference log-probs,
+divergences), computes (B, T) advantages, then runs the optimizer steps of
+`pivotal.update.PolicyUpdate`, whose loss is the one pure objective of `pivotal.algos.objective`.
+Every method is a registry entry resolved at start-up; this file names none of them.
 
 The transformers engine shares the policy's weights (no copy, sync is free); the vLLM engine holds
 its own copy, refreshed in place before the next rollout after every update (`time_sync`). The
@@ -36,11 +36,7 @@ from tqdm.auto import tqdm
 
 from . import checkpoint as ckpt
 from . import checkpoint_sharded as sharded
-from .algos import (
-    dynamic_sampling_mask,
-    overlong_penalty,
-)
-from .batch import ADVANTAGE_WEIGHT_KEY, RolloutBatch
+from .batch import RolloutBatch
 from .callbacks import CallbackList
 from .config import Config, resolve_config, save_config
 from .distributed import (
@@ -55,6 +51,7 @@ from .distributed import (
 from .errors import CheckpointError, NonFiniteError
 from .evaluation import evaluate, merge_eval_summaries
 from .export import export_checkpoint
+from .hints import build_hint_stage
 from .interrupts import GracefulInterrupts, RunInterrupted
 from .labeling import build_active_labels
 from .metrics import (
@@ -64,23 +61,23 @@ from .metrics import (
     format_eval,
     format_step,
     gap_warning,
-    group_metrics,
     merge_rank_metrics,
 )
 from .plots import plot_run
 from .policy import build_policy_models, reference_ratchets
 from .rewards import build_scorer
-from .rollout import SamplingParams, build_engine
+from .rollout import build_engine
 from .safety import CheckpointClock, StepChecks, check_finite_weights
+from .sampling import SamplingRounds
 from .step_inputs import StepInputs
-from .tasks import build_task, format_prompt
+from .tasks import build_task
 from .update import PolicyUpdate, seed_for, trainable_parameters
 from .validation import validate_config
 
 log = logging.getLogger("pivotal.trainer")
 
 
-class Trainer:
+class Trainer(SamplingRounds):
     """The loop. `task`, `scorer`, `model`/`tokenizer` and `callbacks` are what the Python API
     (`pivotal.api.Trainer`) passes in place of what the config names; the CLI passes none."""
 
@@ -109,6 +106,7 @@ class Trainer:
                                    seed_for(cfg.train.seed, rt.rank) if rt.active else cfg.train.seed,
                                    output_dir=str(self.out_dir), runtime=rt)
         self.engine_stale = False  # the policy changed since the engine last took its weights
+        self.hints = build_hint_stage(cfg, self.engine, self.tokenizer, self.out_dir, rt.is_main)
         self.optimizer = torch.optim.AdamW(trainable_parameters(self.trained),
                                            lr=cfg.optim.lr, betas=tuple(cfg.optim.betas),
                                            weight_decay=cfg.optim.weight_decay)
@@ -131,89 +129,6 @@ class Trainer:
         if close_engine is not None:
             close_engine()
         shutdown(self.runtime)
-
-    # ------------------------------------------------------------------ rollout and scoring
-    def sync_engine(self) -> float:
-        """Give the rollout engine the current weights if they changed. Returns the seconds."""
-        if not self.engine_stale:
-            return 0.0
-        t0 = time.perf_counter()
-        if self.whole_policy is not self.model:  # FSDP2: gather the shards into the replica
-            copy_full_parameters(self.model, self.whole_policy)
-        self.engine.sync_weights(self.whole_policy)
-        self.engine_stale = False
-        return time.perf_counter() - t0
-
-    def _sync_metrics(self) -> dict:
-        """`sync_bytes` of the engine's last weight sync, for engines that copy weights."""
-        moved = getattr(self.engine, "sync_bytes", None)
-        return {"sync_bytes": moved[-1]} if moved else {}
-
-    def _sample_round(self, round_index: int, group_offset: int, state: StepState) -> RolloutBatch:
-        cfg, r, rt = self.cfg, self.cfg.rollout, self.runtime
-        state.seconds["sync"] += self.sync_engine()
-        state.sync_metrics = self._sync_metrics()
-        share = r.prompts_per_step // rt.world  # this rank's slice of the step's prompts
-        first = self.cursor + rt.rank * share
-        problems = [self.task.train_problem(first + i) for i in range(share)]
-        self.cursor += r.prompts_per_step
-        prompts = [format_prompt(p, self.tokenizer, cfg.task.instruction, cfg.task.system_prompt)
-                   for p in problems]
-        t0 = time.perf_counter()
-        batch, texts = self.engine.generate(prompts, r.group_size,
-                                            SamplingParams(r.max_new_tokens, r.temperature, r.top_p, r.top_k),
-                                            seed=seed_for(cfg.train.seed, self.step, round_index,
-                                                          *((rt.rank,) if rt.active else ())))
-        t1 = time.perf_counter()
-        expanded = [p for p in problems for _ in range(r.group_size)]
-        scores = self.scorer.score(texts, expanded)
-        batch.rewards = torch.tensor([s["reward"] for s in scores], dtype=torch.float32)
-        # `correct` always uses the ground truth: a diagnostic, also under active labels
-        batch.correct = torch.tensor([s["correct"] for s in scores], dtype=torch.bool)
-        extras = {"text": texts, "problem_id": [p.id for p in expanded]}
-        if self.active_labels is not None:
-            batch.rewards, state.label_metrics, extras[ADVANTAGE_WEIGHT_KEY] = self.active_labels(
-                texts, expanded, batch.rewards, batch.group_ids, rt, correct=batch.correct,
-                batch=batch, step=self.step)
-            # the run's total over every rank, the same on each (what a checkpoint keeps)
-            self.labels_queried += int(rt.sum_floats(state.label_metrics["labels_queried"])[0])
-            state.label_metrics["labels_queried_total"] = self.labels_queried
-        if cfg.reward.overlong_buffer > 0:
-            batch.rewards = batch.rewards + overlong_penalty(
-                batch.response_lengths, r.max_new_tokens, cfg.reward.overlong_buffer,
-                cfg.reward.overlong_factor)
-        batch.group_ids = batch.group_ids + group_offset + rt.rank * share  # unique over ranks
-        batch.extras = extras
-        state.seconds["generate"] += t1 - t0
-        state.seconds["score"] += time.perf_counter() - t1
-        return batch
-
-    def rollout(self, state: StepState | None = None) -> tuple[RolloutBatch, dict]:
-        """Sample and score one step's batch (with DAPO dynamic sampling when enabled): this rank's
-        share of it. Under dynamic sampling each rank keeps its share of groups with signal, and
-        the ranks sample another round until every rank has its share (or rounds run out)."""
-        state = state if state is not None else StepState()
-        per_step = self.cfg.rollout.prompts_per_step
-        want = per_step // self.runtime.world
-        if not self.cfg.algo.dynamic_sampling:
-            batch = self._sample_round(0, 0, state)
-            return batch, {"sampling_rounds": 1, **group_metrics(batch), **state.label_metrics}
-        kept, n_groups, first = [], 0, None
-        for r in range(self.cfg.algo.max_sampling_rounds):
-            batch = self._sample_round(r, r * per_step, state)
-            first = first or group_metrics(batch)
-            keep = dynamic_sampling_mask(batch.rewards, batch.group_ids)
-            if keep.any():
-                kept.append(batch.select(keep.nonzero().squeeze(-1)))
-                n_groups += len(torch.unique(kept[-1].group_ids))
-            if self.runtime.min_int(n_groups) >= want:
-                break
-        metrics = {"sampling_rounds": r + 1, **first, **state.label_metrics}
-        if not kept:  # every group agreed in every round: nothing to learn from this step
-            return batch.select([]), metrics
-        batch = RolloutBatch.concat(kept, self.tokenizer.pad_token_id)
-        groups = torch.unique(batch.group_ids)[:want]  # trim the overfill to whole groups
-        return batch.select(torch.isin(batch.group_ids, groups).nonzero().squeeze(-1)), metrics
 
     # ------------------------------------------------------------------ one step
     def prepare(self, batch: RolloutBatch) -> dict:

@@ -20,9 +20,9 @@ from dataclasses import dataclass
 
 import torch
 
-from .algos import CREDITS, LOSSES, credit_requirements
+from .algos import CREDITS, LOSSES, credit_requirements, masked_mean
 from .algos.correction import logprob_mismatch
-from .algos.credit import active_row_rule, resolve_credit_options
+from .algos.credit import active_row_rule, credit_is_additive, resolve_credit_options
 from .algos.objective import ObjectiveConfig, Totals, loss_mask, policy_objective
 from .batch import RolloutBatch
 from .distributed import SINGLE, Runtime, TrainedModules, full_tensor, gradient_sync
@@ -98,8 +98,11 @@ class PolicyUpdate:
                                                      LOSSES.get(cfg.algo.loss), cfg.algo.loss_options)
         self.credit_drops = active_row_rule(self.credit, self.credit_options)
         self.credit_statistics = getattr(self.credit, "minibatch_statistics", None)
-        self.credit_reads_entropy = "entropy" in credit_requirements(self.credit,
-                                                                     self.credit_options)
+        inputs = credit_requirements(self.credit, self.credit_options)
+        self.credit_reads_entropy = "entropy" in inputs
+        self.credit_reads_progress = "progress" in inputs
+        self.credit_adds = credit_is_additive(self.credit, self.credit_options)
+        self.progress = 0.0  # of the step being trained: 0 at the first, 1 at the last
         self.want_states = any(aux.needs_hidden_states for aux in auxiliary)
         self.device = next(model.parameters()).device
         self.params = trainable_parameters(self.trained)
@@ -110,6 +113,7 @@ class PolicyUpdate:
         the mismatch."""
         cfg, rt = self.cfg, self.runtime
         self.model.train()
+        self.progress = step / max(1, cfg.train.steps - 1)
         sums: dict[str, float] = {}
         weight_total = 0.0
         grad_norms, skipped = [], []
@@ -249,14 +253,22 @@ class PolicyUpdate:
                 options["stats"] = credit_stats
             if self.credit_reads_entropy:
                 options["entropy"] = entropy.detach()
-            multiplier = self.credit(micro, logp.detach(), **options)
+            if self.credit_reads_progress:
+                options["progress"] = self.progress
+            credit = self.credit(micro, logp.detach(), **options)
+            # an additive credit's term joins the advantages; any other multiplies them
+            advantages, multiplier = ((micro.advantages + credit, None) if self.credit_adds
+                                      else (micro.advantages, credit))
             auxiliary = [aux.term(policy, states, micro, logp, old, stats)
                          for aux, stats in zip(self.auxiliary, aux_stats)]
-            return policy_objective(
+            loss, metrics = policy_objective(
                 self.objective, totals, logprobs=logp, old_logprobs=old,
-                advantages=micro.advantages, response_mask=micro.response_mask, credit=multiplier,
+                advantages=advantages, response_mask=micro.response_mask, credit=multiplier,
                 token_weights=micro.token_weights, sampler_logprobs=micro.sampler_logprobs,
                 ref_logprobs=micro.ref_logprobs, entropy=entropy, auxiliary=auxiliary)
+            if self.credit_adds:
+                metrics["credit_add_mean"] = masked_mean(credit, micro.response_mask).item()
+            return loss, metrics
 
         loss, metrics = self.trained(forward)
         if self.runtime.active:  # the wrappers average gradients over ranks; we want their sum

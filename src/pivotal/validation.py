@@ -15,7 +15,7 @@ from .errors import ConfigError
 
 # keywords the trainer passes itself (a credit's mini-batch statistics or the policy's entropies,
 # an advantage's sum across data-parallel ranks), never set in a config
-RESERVED_OPTIONS = ("stats", "all_ranks", "entropy")
+RESERVED_OPTIONS = ("stats", "all_ranks", "entropy", "progress")
 
 
 def check_options(fn, options: dict, where: str) -> None:
@@ -292,6 +292,10 @@ def _dry_run_algorithms(cfg: Config) -> None:
         ref_logprobs=old - 0.2, divergence=mask * 0.1)
     a = cfg.algo
     unseeded = {"seed"}
+    try:
+        credit_inputs = credit_requirements(CREDITS.get(a.credit), a.credit_options)
+    except (ValueError, TypeError) as e:
+        raise ConfigError(f"algo.credit_options: {e}") from None
     stages = [
         ("algo.advantage_options", lambda: ADVANTAGES.get(a.advantage)(
             scores, group_ids, mask, **a.advantage_options,
@@ -299,10 +303,7 @@ def _dry_run_algorithms(cfg: Config) -> None:
         ("algo.credit_options", lambda: CREDITS.get(a.credit)(
             batch, current, **{k: v for k, v in resolve_credit_options(
                 CREDITS.get(a.credit), a.credit_options, LOSSES.get(a.loss), a.loss_options).items()
-                if k not in unseeded},
-            **({"entropy": mask * torch.tensor([0.5, 1.5, 1.0])}
-               if "entropy" in credit_requirements(CREDITS.get(a.credit), a.credit_options)
-               else {}))),
+                if k not in unseeded}, **_dry_credit_inputs(batch, credit_inputs))),
         ("algo.loss_options", lambda: LOSSES.get(a.loss)(
             current.clone().requires_grad_(), old, batch.advantages, mask,
             **{k: v for k, v in a.loss_options.items() if k not in unseeded})),
@@ -317,6 +318,18 @@ def _dry_run_algorithms(cfg: Config) -> None:
                 batch.advantages = result
 
 
+
+
+def _dry_credit_inputs(batch, names) -> dict:
+    """Synthetic values of the inputs a credit declares: keywords, and batch extras set in place."""
+    import torch
+    mask = batch.response_mask
+    if "context_logprobs" in names:
+        batch.extras["context_logprobs"] = batch.old_logprobs + mask * torch.tensor([0.3, -0.3, 0.0])
+    extra = {"entropy": mask * torch.tensor([0.5, 1.5, 1.0])} if "entropy" in names else {}
+    if "progress" in names:
+        extra["progress"] = 0.5
+    return extra
 
 
 def _dry_advantage_inputs(estimator, options: dict, logprobs, mask) -> dict:

@@ -11,6 +11,7 @@ from pivotal.algos import (  # noqa: E402,F401  (import order: after the registr
     entropy_credit,
     otb,
     polarity,
+    self_distill,
     token_credit,
 )
 from pivotal.algos.advantages import (

@@ -20,6 +20,14 @@ options returning one, resolved once at start-up by `credit_requirements`:
                          (detached (B, T), from the same forward), passed as the `entropy` keyword
     "divergence:<kind>"  batch.divergence: per-token divergence of that kind (one of
                          `pivotal.divergence.DIVERGENCE_KINDS`) between the policy and the reference
+    "context_logprobs"   batch.extras["context_logprobs"] (B, T): the sampling policy's log-probs of
+                         the same tokens with a hint in the prompt (`pivotal.hints`; the hint
+                         options are the credit's `hint_source`, `hint_tokens`, `hint_answers`)
+    "progress"           training progress in [0, 1] (first step 0, last step 1), passed as the
+                         `progress` keyword (annealed strengths)
+
+Additive credit. A credit declared `@additive_credit(active)` returns, when `active(**options)`,
+a term added to the advantages (A' = A + term) instead of a multiplier.
 
 Mini-batch statistics. The trainer calls a credit function once per micro-batch, but a method may
 normalise over the whole mini-batch (the divergence credit's mean / max). Such a method declares
@@ -64,7 +72,7 @@ from pivotal.registry import Registry
 CREDITS: Registry = Registry("credit function")
 register_credit = CREDITS.register
 
-INPUTS = ("logprobs", "ref_logprobs", "entropy")
+INPUTS = ("logprobs", "ref_logprobs", "entropy", "context_logprobs", "progress")
 DIVERGENCE_INPUT = "divergence:"
 
 
@@ -77,6 +85,22 @@ def requires(rule: Iterable[str] | Callable[..., Iterable[str]]) -> Callable[[Ca
         return fn
 
     return decorator
+
+
+def additive_credit(active: Callable[..., bool]) -> Callable[[Callable], Callable]:
+    """Decorator: under options where `active(**options)`, the function's output is added to the
+    advantages rather than multiplied (see the module docstring)."""
+
+    def decorator(fn: Callable) -> Callable:
+        fn.additive = active
+        return fn
+
+    return decorator
+
+
+def credit_is_additive(fn: Callable, options: dict) -> bool:
+    rule = getattr(fn, "additive", None)
+    return bool(rule is not None and rule(**options))
 
 
 def minibatch_statistics(stats_fn: Callable[..., dict[str, Tensor]]) -> Callable[[Callable], Callable]:

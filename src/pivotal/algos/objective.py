@@ -95,7 +95,8 @@ def policy_objective(cfg: ObjectiveConfig, totals: Totals, *, logprobs: Tensor,
     Metrics (floats): the policy loss's own (clip fractions, ...), the auxiliary terms', the
     rollout correction's (rc_weight, rc_token_frac, rc_seq_frac), kl_ref (the KL estimate, also
     when it is not in the loss), and the per-token means over the response tokens of the whole
-    per-token objective (`loss`), the entropy and the credit multiplier.
+    per-token objective (`loss`), the entropy and the credit multiplier, and the share of tokens whose
+    multiplier is not 1 (credit_modulated_frac).
     """
     mask = response_mask
     credited = advantages if credit is None else advantages * credit
@@ -127,4 +128,7 @@ def policy_objective(cfg: ObjectiveConfig, totals: Totals, *, logprobs: Tensor,
     if entropy is not None:
         metrics["entropy"] = masked_mean(entropy.detach(), mask).item()
     metrics["credit_mean"] = masked_mean(credit, mask).item() if credit is not None else 1.0
+    # the share of tokens whose advantage the credit changed (a sparse gate's reach)
+    metrics["credit_modulated_frac"] = (masked_mean((credit != 1).float(), mask).item()
+                                        if credit is not None else 0.0)
     return loss, metrics

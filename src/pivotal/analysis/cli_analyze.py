@@ -202,6 +202,9 @@ def _check_args(args) -> None:
         raise ValueError(f"--limit must be >= 1, got {args.limit}")
     if args.shift_threshold < 0:
         raise ValueError(f"--shift-threshold must be >= 0, got {args.shift_threshold}")
+    if getattr(args, "cig_hint", None) and args.generations:
+        raise ValueError("--cig-hint needs --task or --data: the hint goes after the problem's "
+                         "question, which a generations file does not keep apart")
 
 
 def _print_summary(s: dict, paths: dict) -> None:
@@ -273,6 +276,12 @@ def analyze_from_args(args) -> tuple[dict, dict]:
 
     df = token_table(base, rl, tok_base, responses, chunk_tokens=args.chunk_tokens,
                      micro_batch=args.micro_batch, top_k=args.top_k, progress=progress)
+    if args.cig_hint:  # which tokens the hint makes more or less likely under the RL model
+        from .cig import cig_values, hinted_prompt_ids
+        hinted = hinted_prompt_ids(problems, responses, args.cig_hint, tok_base)
+        df["cig"] = cig_values(rl, responses, hinted, tok_base.pad_token_id or 0, args.micro_batch)
+        extra.update({"cig_hint": args.cig_hint, "cig_mean": float(df["cig"].mean()),
+                      "cig_abs_mean": float(df["cig"].abs().mean())})
     result = summary(df, responses, base=args.base, rl=args.rl, source=source,
                      shift_threshold=args.shift_threshold, extra=extra)
     return result, write_outputs(args.out, df, responses, result)
@@ -317,6 +326,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--shift-threshold", type=float, default=SHIFT_THRESHOLD,
                    help=f"a position counts as shifted when js >= this (default %(default)s; "
                         f"sparsity is reported at {', '.join(map(str, JS_THRESHOLDS))})")
+    p.add_argument("--cig-hint", choices=("solution", "template"),
+                   help="also score each token's Causal Information Gain under the RL model with "
+                        "this hint in the prompt (column 'cig'; `pivotal report --color-by cig`)")
     p.add_argument("--out", default="runs/analyze", help="output directory (default %(default)s)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda[:i]")
     p.add_argument("--dtype", default="float32", help="float32 | bfloat16 | float16")

@@ -85,7 +85,7 @@ from .report_plots import (  # noqa: F401
 MAX_TOKENS_PER_RESPONSE = 1024   # tokens of one response shown in the token view
 MAX_PROMPT_CHARS = 2000          # characters of a prompt shown (the tail: the question is last)
 TOP_N = 5                        # alternatives per model in the tooltip
-COLOR_BY = ("dlogp", "js")
+COLOR_BY = ("dlogp", "js", "cig")  # cig: only for an analysis run with --cig-hint
 
 
 # ----------------------------------------------------------------------------------------------
@@ -245,6 +245,10 @@ def _token_view(records: list[dict], tokens, summary: dict, n_total: int,
     dl = np.concatenate([g["dlogp"].to_numpy(dtype=float) for g in shown]) if shown else []
     js = np.concatenate([g["js"].to_numpy(dtype=float) for g in shown]) if shown else []
     vmax = {"dlogp": color_scale(dl, 0.5, 5.0), "js": color_scale(js, 0.05, math.log(2))}
+    has_cig = "cig" in tokens.columns
+    if has_cig:
+        cig = np.concatenate([g["cig"].to_numpy(dtype=float) for g in shown]) if shown else []
+        vmax["cig"] = color_scale(cig, 0.5, 5.0)
     hover: list = []
     blocks = []
     for record in records:
@@ -268,9 +272,10 @@ def _token_view(records: list[dict], tokens, summary: dict, n_total: int,
         for row in group.head(MAX_TOKENS_PER_RESPONSE).itertuples(index=False):
             i = len(hover)
             hover.append(_hover_record(row))
+            cc = f';--cc:{dlogp_color(row.cig, vmax["cig"])}' if has_cig else ""
             spans.append(f'<span class="tok" data-i="{i}" style="--cd:'
                          f'{dlogp_color(row.dlogp, vmax["dlogp"])};--cj:'
-                         f'{js_color(row.js, vmax["js"])}">{visible_token(str(row.token))}</span>')
+                         f'{js_color(row.js, vmax["js"])}{cc}">{visible_token(str(row.token))}</span>')
         more = len(group) - MAX_TOKENS_PER_RESPONSE
         if more > 0:
             spans.append(f'<span class="note"> … {more} more tokens not shown</span>')
@@ -288,12 +293,20 @@ def _token_view(records: list[dict], tokens, summary: dict, n_total: int,
               f'likely</span></div><div class="legend" data-for="js"><span>JS 0</span>'
               f'<span class="bar" style="background:linear-gradient(90deg,#ffffff,{PURPLE_HEX})">'
               f'</span><span>≥ {vmax["js"]:.2g}</span></div>')
+    cig_choice = ""
+    if has_cig:
+        legend += (f'<div class="legend" data-for="cig"><span>CIG ≤ −{vmax["cig"]:.2g}<br>the hint '
+                   f'makes it less likely</span><span class="bar" style="background:'
+                   f'linear-gradient(90deg,{RED_HEX},#ffffff,{BLUE_HEX})"></span><span>≥ '
+                   f'+{vmax["cig"]:.2g}<br>more likely</span></div>')
+        cig_choice = (f'<label><input type="radio" name="colorby" value="cig"{checked["cig"]}> '
+                      f'CIG (hint)</label>')
     note = (f"the first {len(records)} of {n_total} responses" if n_total > len(records)
             else f"all {len(records)} responses")
     html_ = f"""<section id="token-view"><h2>Token view</h2>
 <div class="toolbar"><span>colour by</span>
 <label><input type="radio" name="colorby" value="dlogp"{checked['dlogp']}> Δlog p</label>
-<label><input type="radio" name="colorby" value="js"{checked['js']}> JS</label>{legend}</div>
+<label><input type="radio" name="colorby" value="js"{checked['js']}> JS</label>{cig_choice}{legend}</div>
 <p class="note" id="js-status">Showing {note}. (Hover details need JavaScript.)</p>
 {"".join(blocks) or '<p class="note">no responses</p>'}</section>"""
     return html_, hover, vmax
@@ -315,7 +328,8 @@ def render_report(analysis_dir: str | Path, cross_sampling_path: str | Path | No
     responses.jsonl), plus cross-sampling curves when a cross_sampling.json path is given.
 
     max_responses: responses shown in the token view (the first ones, in responses.jsonl order);
-    color_by: "dlogp" or "js", the token colouring the page opens with (a toggle switches).
+    color_by: "dlogp", "js" or "cig" (an analysis with --cig-hint), the token colouring the page
+    opens with (a toggle switches).
     """
     if color_by not in COLOR_BY:
         raise ValueError(f"color_by must be one of {', '.join(COLOR_BY)}, got {color_by!r}")
@@ -335,6 +349,9 @@ def render_report(analysis_dir: str | Path, cross_sampling_path: str | Path | No
     n_total = len(records)
     records = records[:max_responses]
     tokens = load_tokens(analysis_dir, [r["response"] for r in records])
+    if color_by == "cig" and "cig" not in tokens.columns:
+        raise ValueError(f"{analysis_dir / 'tokens.parquet'} has no 'cig' column to colour by: "
+                         f"run `pivotal analyze` with --cig-hint solution|template")
     token_view, hover, _ = _token_view(records, tokens, summary, n_total, color_by)
     title = f"{summary['base']} → {summary['rl']}"
     parts = {"__TITLE__": html.escape(title), "__COLOR_BY__": color_by,

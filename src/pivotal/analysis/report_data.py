@@ -12,6 +12,7 @@ from pathlib import Path
 TOKEN_COLUMNS = ("response", "position", "token", "js", "entropy_base", "entropy_rl", "logp_base",
                  "logp_rl", "dlogp", "rank_base", "rank_rl", "top_base_tokens", "top_rl_tokens",
                  "top_base_probs", "top_rl_probs")
+OPTIONAL_TOKEN_COLUMNS = ("cig",)  # `pivotal analyze --cig-hint`
 SUMMARY_KEYS = ("base", "rl", "n_responses", "n_tokens")
 CROSS_KEYS = ("accuracy_base", "accuracy_rl", "points")
 POINT_KEYS = ("direction", "criterion", "budget", "accuracy")
@@ -69,9 +70,10 @@ def load_tokens(analysis_dir: str | Path, responses: list[int]):
     missing = [c for c in TOKEN_COLUMNS if c not in names]
     if missing:
         raise ValueError(f"{path} lacks column(s) {', '.join(missing)}: {WRITTEN_BY_ANALYZE}")
+    columns = list(TOKEN_COLUMNS) + [c for c in OPTIONAL_TOKEN_COLUMNS if c in names]
     if not responses:
-        return pd.DataFrame(columns=list(TOKEN_COLUMNS))
-    df = pd.read_parquet(path, columns=list(TOKEN_COLUMNS),
+        return pd.DataFrame(columns=columns)
+    df = pd.read_parquet(path, columns=columns,
                          filters=[("response", "in", [int(r) for r in responses])])
     return df.sort_values(["response", "position"], kind="stable").reset_index(drop=True)
 
