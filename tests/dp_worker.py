@@ -38,10 +38,14 @@ def fixed_batch(trainer: Trainer):
     problems = [trainer.task.train_problem(i) for i in range(cfg.rollout.prompts_per_step)]
     prompts = [format_prompt(p, trainer.tokenizer, cfg.task.instruction, cfg.task.system_prompt)
                for p in problems]
-    batch, _ = trainer.engine.generate(prompts, cfg.rollout.group_size,
-                                       SamplingParams(cfg.rollout.max_new_tokens, 1.0), seed=1234)
+    batch, texts = trainer.engine.generate(prompts, cfg.rollout.group_size,
+                                           SamplingParams(cfg.rollout.max_new_tokens, 1.0), seed=1234)
     batch.rewards = torch.rand(batch.size, generator=torch.Generator().manual_seed(5)).round()
     batch.correct = batch.rewards > 0
+    batch.extras = {"text": texts}
+    if trainer.hints is not None:  # the self-teacher's hinted prompts, before the rank split
+        trainer.hints(batch, [p for p in problems for _ in range(cfg.rollout.group_size)], texts,
+                      0, seed=0)
     return batch
 
 

@@ -60,6 +60,10 @@ def test_group_labels_by_hand():
     assert g.class_gap[2] == 0.0
     assert not g.vote_correct and g.correct_count == 3
     assert g.true_gap == pytest.approx(count_gap(8, 3, 3))
+    # right answers in two clusters ("0.5", "1/2": both accepted) outnumber the vote (3 > 2)
+    split = group_labels(["9", "9", "0.5", "0.5", "1/2", None, None, None], [1] * 8,
+                         [0, 0, 1, 1, 1, 0, 0, 0], max_len=8)
+    assert split.correct_count == 3 and split.true_gap == 0.0  # no gap(8, 2, 3): the released 0
     right = group_labels(answers, lengths, [1, 0, 0, 0, 0, 0, 0, 0], max_len=48)
     assert right.vote_correct and right.correct_count == 0 and right.true_gap == 0.0
 

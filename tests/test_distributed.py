@@ -30,6 +30,10 @@ CASES = [
     {"name": "fsdp_divergence", "overrides": ["algo.credit=divergence", "dist.strategy=fsdp"]},
     # FIPO's row-drop rule runs a no-grad pass of the sharded policy on the off-policy step
     {"name": "fsdp_fipo", "overrides": ["algo.credit=fipo", "dist.strategy=fsdp"]},
+    # AMR-SD's hinted log-probs: per-row inputs that follow each rank's rows
+    {"name": "fsdp_amr_sd", "overrides": ["algo.credit=amr_sd", "dist.strategy=fsdp",
+                                          "algo.credit_options={hint_source: template, tau_pos: 0.0, "
+                                          "tau_neg: 0.0, anneal: none}"]},
     {"name": "ddp_batch_std", "overrides": ["algo.advantage_options={std_scale: batch}"]},
     {"name": "ddp_reinforce_pp", "overrides": ["algo.advantage=reinforce_pp_baseline"]},
     {"name": "fsdp_gspo", "overrides": ["algo.loss=gspo", "algo.aggregation=seq-mean-token-mean",

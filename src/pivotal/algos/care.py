@@ -111,9 +111,12 @@ def group_labels(answers: Sequence[str | None], lengths: Sequence[float],
     vote_correct = any(correct[j] for j in vote)
     count = 0 if vote_correct else min(G, sum(len(rows) for rows in clusters[1:]
                                                if any(correct[j] for j in rows)))
+    # the right answers can outnumber the vote when they fall into several clusters (answers the
+    # verifier accepts but whose keys differ): no gap(G, x, y) exists there, and the released
+    # code's table holds 0 for it
+    true_gap = 0.0 if vote_correct or count > x else count_gap(G, x, count)
     return GroupLabels(features, answered_other, class_mask, class_gap, vote_correct, count,
-                       torch.tensor([bool(c) for c in correct]),
-                       0.0 if vote_correct else count_gap(G, x, count))
+                       torch.tensor([bool(c) for c in correct]), true_gap)
 
 
 def expected_gap(class_logits: Tensor, class_mask: Tensor, class_gap: Tensor) -> Tensor:
