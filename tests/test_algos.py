@@ -433,4 +433,5 @@ def test_registry_contents():
     assert AGGREGATIONS.names() == ["seq-mean-token-mean", "seq-mean-token-sum",
                                     "seq-mean-token-sum-norm", "token-mean"]
     assert KL_ESTIMATORS.names() == ["k1", "k2", "k3"]
-    assert CREDITS.names() == ["divergence", "dlogp", "fipo", "high_entropy", "identity", "owpo"]
+    assert CREDITS.names() == ["amr_sd", "divergence", "dlogp", "fipo", "high_entropy", "identity",
+                              "owpo", "self_distill"]

@@ -109,6 +109,7 @@ class HintStage:
         ids = self.tokenizer(hinted, add_special_tokens=False)["input_ids"]
         batch.extras[CONTEXT_IDS_KEY] = [list(ids[r // G]) for r in range(batch.size)]
         if self.log_path is not None and group_hints:
+            self.log_path.parent.mkdir(parents=True, exist_ok=True)  # a step run outside train()
             with open(self.log_path, "a") as f:
                 f.write(json.dumps({"step": step + 1, "problem_id": problems[0].id,
                                     "source": self.source, "hint": group_hints[0]}) + "\n")
