@@ -30,30 +30,10 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import time
-
-import torch
 
 from common import GROUP, header, step_config
 from pivotal.trainer import Trainer
-from roofline import ModelShape, generation_roofline, memory_bandwidth, probe_report, training_roofline
-
-
-def matmul_peak(sizes=(1024, 2048, 3072), repeats: int = 10) -> float:
-    """Best fp32 FLOP/s of square matmuls on all threads: the fastest of several sizes and repeats.
-
-    A single measurement on a shared machine can land far below the hardware's rate (measured
-    here: 96 and 162 GFLOP/s in two runs a minute apart), and an underestimated peak inflates MFU;
-    the script therefore measures before and after the steps and divides by the larger."""
-    best = 0.0
-    for size in sizes:
-        a, b = torch.randn(size, size), torch.randn(size, size)
-        a @ b  # warm-up
-        for _ in range(repeats):
-            t0 = time.perf_counter()
-            a @ b
-            best = max(best, 2 * size**3 / (time.perf_counter() - t0))
-    return best
+from roofline import ModelShape, generation_roofline, matmul_peak, memory_bandwidth, probe_report, training_roofline
 
 
 def step_flops(batch, n_params: int) -> dict[str, float]:
