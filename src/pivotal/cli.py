@@ -114,6 +114,9 @@ def run_eval(args, cfg) -> dict:
     from .tasks import build_task
     from .tasks.files import load_problems, rows_to_problems
 
+    if cfg.train.retain_freed_memory:
+        from .allocator import retain_freed_memory
+        retain_freed_memory()
     if args.model:
         cfg.model.name = args.model
     if isinstance(args.data, (str, os.PathLike)):  # a whole file: every row (up to --limit)

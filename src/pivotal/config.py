@@ -253,6 +253,10 @@ class TrainConfig:
                              "the initial policy exceeds each of shift_thresholds.")
     shift_thresholds: list = _f([0.1, 0.5, 1.0], "|Δlog p| thresholds of the shift monitor.")
     shift_monitor_rows: int = _f(8, "Responses per step the shift monitor scores (0 = all).")
+    retain_freed_memory: bool = _f(True, "Keep freed host memory in the process (glibc mallopt) so "
+                                   "large tensors do not page-fault each step; changes no "
+                                   "value, costs the peak heap staying allocated "
+                                   "(pivotal.allocator).")
     tensorboard: bool = _f(True, "Write TensorBoard event files.")
     wandb: bool = _f(False, "Log to Weights & Biases (needs `wandb` installed).")
 

@@ -36,6 +36,7 @@ from tqdm.auto import tqdm
 
 from . import checkpoint as ckpt
 from . import checkpoint_sharded as sharded
+from .allocator import retain_freed_memory
 from .batch import RolloutBatch
 from .callbacks import CallbackList
 from .config import Config, resolve_config, save_config
@@ -91,6 +92,8 @@ class Trainer(SamplingRounds):
         self.progress = progress and rt.is_main
         self.out_dir = Path(cfg.train.output_dir)
         self.ckpt_dir = self.out_dir / "checkpoints"
+        if cfg.train.retain_freed_memory:
+            retain_freed_memory()
         torch.manual_seed(cfg.train.seed)
         self.task = task if task is not None else build_task(cfg.task.name, **cfg.task.options)
         self.scorer = scorer if scorer is not None else build_scorer(
