@@ -35,6 +35,8 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--rows", type=int, default=25, help="operators to print (0: no profile)")
+    ap.add_argument("--shapes", action="store_true",
+                    help="group the matmuls by their input shapes")
     ap.add_argument("--trace", default=None, help="also write a Chrome trace here")
     ap.add_argument("overrides", nargs="*")
     args = ap.parse_args()
@@ -62,9 +64,19 @@ def main() -> None:
           f"(train.retain_freed_memory={cfg.train.retain_freed_memory})", flush=True)
     if not args.rows:
         return
-    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU],
+                                record_shapes=args.shapes) as prof:
         trainer.update(copy.deepcopy(batch), trainer.step)
     print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=args.rows))
+    if args.shapes:
+        matmuls = [e for e in prof.key_averages(group_by_input_shape=True) if e.key == "aten::mm"]
+        matmuls.sort(key=lambda e: -e.self_cpu_time_total)
+        print("matmuls by input shapes: self time, calls, GFLOP/s")
+        for e in matmuls[: args.rows]:
+            (m, k), (_, n) = e.input_shapes[0], e.input_shapes[1]
+            rate = 2 * m * k * n * e.count / max(e.self_cpu_time_total * 1e-6, 1e-9)
+            print(f"  {m} x {k} @ {k} x {n}: {e.self_cpu_time_total / 1e6:.2f} s, {e.count} calls, "
+                  f"{rate / 1e9:.0f}")
     if args.trace:
         prof.export_chrome_trace(args.trace)
         print(f"trace: {args.trace}")

@@ -148,6 +148,24 @@ def test_fipo_drops_rows_whose_ratios_pass_the_dual_clip(tmp_path):
     assert 0 < metrics["dropped_rows_frac"] <= float(candidates.float().mean())
 
 
+def test_fused_adamw_steps_like_the_per_parameter_loop(tmp_path):
+    """optim.fused_adamw: the same training step's weights as the per-parameter loop, to float32
+    rounding (and the fused kernel is really the one in use)."""
+    results = []
+    for fused in (True, False):
+        trainer = Trainer(tiny_config(tmp_path / str(fused), **{"optim.fused_adamw": fused}),
+                          progress=False)
+        assert trainer.optimizer.defaults["fused"] is (True if fused else None)
+        before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+        trainer.train_step()
+        results.append(trainer.model.state_dict())
+    moved = False
+    for key, value in results[1].items():
+        torch.testing.assert_close(results[0][key], value, rtol=1e-5, atol=1e-7, msg=key)
+        moved |= not torch.equal(value, before[key])
+    assert moved
+
+
 # ---------------------------------------------------------------------------- entropy accuracy
 @pytest.mark.parametrize("offset, temperature", [(0.0, 1.0), (100.0, 1.0), (100.0, 0.3), (-50.0, 0.5)])
 def test_entropy_is_float64_accurate_in_float32(offset, temperature):

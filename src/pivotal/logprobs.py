@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 
 from .batch import RolloutBatch
+from .chunked_logsoftmax import chunked_logprobs
 from .kv_cache import returned_cache, with_cache
 
 
@@ -43,22 +44,24 @@ def _entropy(logits: torch.Tensor) -> torch.Tensor:
 
 
 def logprobs_and_entropy(logits: torch.Tensor, token_ids: torch.Tensor, with_entropy: bool = True,
-                         entropy_grad: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Chosen-token log-probs and (optionally) entropies, sharing one log-normaliser pass.
+                         entropy_grad: bool = False, scale: float = 1.0
+                         ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Chosen-token log-probs and (optionally) entropies of softmax(scale * logits).
 
     logits: (..., V); token_ids: (...). The entropy carries a gradient only with `entropy_grad`
-    (an entropy bonus); as a metric it is computed without building a graph over (..., V).
+    (an entropy bonus); as a metric it is computed without building a graph over (..., V). Without
+    that gradient both come from one chunked pass (`pivotal.chunked_logsoftmax`, equal to the
+    whole-tensor form to float32 rounding, and far less memory traffic).
     """
-    logits = logits.float()
+    if not entropy_grad:
+        logp, entropy = chunked_logprobs(logits.reshape(-1, logits.shape[-1]),
+                                         token_ids.reshape(-1), scale, with_entropy)
+        return (logp.view(token_ids.shape),
+                entropy.view(token_ids.shape) if entropy is not None else None)
+    logits = logits.float() * scale if scale != 1.0 else logits.float()
     log_z = torch.logsumexp(logits, dim=-1)
     picked = torch.gather(logits, -1, token_ids.unsqueeze(-1)).squeeze(-1)
-    entropy = None
-    if with_entropy:
-        if entropy_grad:
-            entropy = _entropy(logits)
-        else:
-            with torch.no_grad():
-                entropy = _entropy(logits.detach())
+    entropy = _entropy(logits) if with_entropy else None
     return picked - log_z, entropy
 
 
@@ -205,10 +208,9 @@ def _scatter_logprobs(logits: torch.Tensor, batch: RolloutBatch, temperature: fl
                       with_entropy: bool, entropy_grad: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
     """(N, V) logits of the masked response tokens -> (B, T) log-probs and entropies."""
     mask = batch.response_mask.bool()
-    if temperature and temperature != 1.0:
-        logits = logits / temperature
-    flat_logp, flat_entropy = logprobs_and_entropy(logits, batch.response_ids[mask], with_entropy,
-                                                   entropy_grad and torch.is_grad_enabled())
+    flat_logp, flat_entropy = logprobs_and_entropy(
+        logits, batch.response_ids[mask], with_entropy, entropy_grad and torch.is_grad_enabled(),
+        scale=1.0 / temperature if temperature and temperature != 1.0 else 1.0)
     logp = flat_logp.new_zeros(mask.shape).masked_scatter(mask, flat_logp)
     entropy = None
     if flat_entropy is not None:

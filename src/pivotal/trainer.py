@@ -112,7 +112,8 @@ class Trainer(SamplingRounds):
         self.hints = build_hint_stage(cfg, self.engine, self.tokenizer, self.out_dir, rt.is_main)
         self.optimizer = torch.optim.AdamW(trainable_parameters(self.trained),
                                            lr=cfg.optim.lr, betas=tuple(cfg.optim.betas),
-                                           weight_decay=cfg.optim.weight_decay)
+                                           weight_decay=cfg.optim.weight_decay,
+                                           fused=cfg.optim.fused_adamw or None)
         warmup = cfg.optim.warmup_steps
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda s: min(1.0, (s + 1) / warmup) if warmup else 1.0)
