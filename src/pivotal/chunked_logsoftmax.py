@@ -20,13 +20,17 @@ from __future__ import annotations
 
 import torch
 
-# Rows per chunk: ~1.5 MB of float32 at a 49k vocabulary, inside a core's L2 on current x86 and
-# ARM server parts (the sweep behind this choice is in docs/results.md).
+# Bytes of float32 logits per chunk. CPU: ~1.5 MB, inside a core's L2 on current x86 and ARM server
+# parts (the sweep in docs/results.md: 0.5-8 MB all within 10%). Accelerators: one chunk is one
+# set of kernel launches, so chunks there are large (64 MiB, about an H100's L2 and far fewer
+# launches); not yet measured on a GPU.
 CHUNK_BYTES = 3 << 19
+ACCELERATOR_CHUNK_BYTES = 64 << 20
 
 
-def rows_per_chunk(vocab: int) -> int:
-    return max(1, CHUNK_BYTES // (4 * vocab))
+def rows_per_chunk(vocab: int, device: torch.device | str = "cpu") -> int:
+    budget = CHUNK_BYTES if torch.device(device).type == "cpu" else ACCELERATOR_CHUNK_BYTES
+    return max(1, budget // (4 * vocab))
 
 
 def _scaled_float(rows: torch.Tensor, scale: float) -> torch.Tensor:
@@ -38,7 +42,7 @@ class _ChunkedLogSoftmaxPick(torch.autograd.Function):
     @staticmethod
     def forward(ctx, logits, token_ids, scale: float, with_entropy: bool):
         n, vocab = logits.shape
-        step = rows_per_chunk(vocab)
+        step = rows_per_chunk(vocab, logits.device)
         logp = torch.empty(n, dtype=torch.float32, device=logits.device)
         lse = torch.empty_like(logp)
         entropy = torch.empty_like(logp) if with_entropy else None
@@ -68,7 +72,7 @@ class _ChunkedLogSoftmaxPick(torch.autograd.Function):
         logits, token_ids, lse = ctx.saved_tensors
         scale = ctx.scale
         n, vocab = logits.shape
-        step = rows_per_chunk(vocab)
+        step = rows_per_chunk(vocab, logits.device)
         grad = torch.empty_like(logits)
         for start in range(0, n, step):
             rows = slice(start, min(start + step, n))
