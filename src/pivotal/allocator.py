@@ -4,7 +4,7 @@ glibc's malloc serves every allocation above its mmap threshold (128 KiB, raised
 32 MiB) with a fresh `mmap` and returns it to the kernel on free. A policy update allocates and
 frees (N, V) logit-sized tensors (hundreds of MB) several times per micro-batch, so each one
 costs a page fault per 4 KiB page on first touch: on the 2-core development VM that was a quarter
-of the update's time (benchmarks/train_profile.py; docs/results.md "Host allocator").
+of the update's time (benchmarks/train_profile.py; docs/results.md "The training phase").
 
 `retain_freed_memory` sets glibc's thresholds (mallopt) so that such blocks come from the heap and
 stay there after free, to be reused by the next step. This is the effect PyTorch's CPU tuning
