@@ -4,9 +4,9 @@ The log-softmax of one token out of a 49k-64k vocabulary is cheap in FLOPs and e
 traffic: written with whole-tensor operations (temperature, max, subtract, exp, sum, gather, and
 in the backward exp, subtract, multiply) every step reads or writes an (N, V) float32 tensor,
 hundreds of MB per micro-batch, each time from DRAM. Here the forward and the backward each walk
-the logits once, `chunk_rows` rows at a time, so every intermediate of a chunk stays in the CPU's
+the logits once, a few rows at a time (`rows_per_chunk`), so every intermediate of a chunk stays in the CPU's
 cache (or a GPU's L2) and the backward writes its gradient straight into one (N, V) buffer.
-What it saves is measured in benchmarks/train_profile.py (docs/results.md, issue 15).
+What it saves: benchmarks/chunked_logsoftmax.py and benchmarks/train_profile.py (docs/results.md).
 
 Values equal the whole-tensor form to float32 rounding (tests/test_chunked_logsoftmax.py):
     log p(token) = scale * l[token] - logsumexp(scale * l)
@@ -20,10 +20,10 @@ from __future__ import annotations
 
 import torch
 
-# Bytes of float32 logits per chunk. CPU: ~1.5 MB, inside a core's L2 on current x86 and ARM server
-# parts (the sweep in docs/results.md: 0.5-8 MB all within 10%). Accelerators: one chunk is one
-# set of kernel launches, so chunks there are large (64 MiB, about an H100's L2 and far fewer
-# launches); not yet measured on a GPU.
+# Bytes of float32 logits per chunk. CPU: ~1.5 MB, inside a core's L2 on current x86 and ARM
+# server parts (the sweep in docs/results.md: 1.5-8 MB within 10% of each other, 0.5 MB up to 24%
+# slower). Accelerators: one chunk is one set of kernel launches, so chunks there are large
+# (64 MiB, about an H100's L2, and far fewer launches); not yet measured on a GPU.
 CHUNK_BYTES = 3 << 19
 ACCELERATOR_CHUNK_BYTES = 64 << 20
 
