@@ -77,14 +77,12 @@ class _ChunkedLogSoftmaxPick(torch.autograd.Function):
         for start in range(0, n, step):
             rows = slice(start, min(start + step, n))
             g = grad_logp[rows].float() * scale  # (c,)
-            chunk = grad[rows] if grad.dtype == torch.float32 else None  # written in place
-            if chunk is None:
-                chunk = _scaled_float(logits[rows], scale)
-            else:
-                torch.mul(logits[rows], scale, out=chunk)
+            in_place = grad.dtype == torch.float32  # float32: computed inside the gradient itself
+            chunk = (torch.mul(logits[rows], scale, out=grad[rows]) if in_place
+                     else _scaled_float(logits[rows], scale))
             chunk.sub_(lse[rows, None]).exp_()  # softmax(scale * l)
             chunk.mul_(-g[:, None]).scatter_add_(1, token_ids[rows, None], g[:, None])
-            if grad.dtype != torch.float32:
+            if not in_place:
                 grad[rows] = chunk
         return grad, None, None, None
 
