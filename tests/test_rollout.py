@@ -91,9 +91,10 @@ def test_filter_logits_top_k_and_top_p():
     assert torch.isfinite(filter_logits(logits, top_p=0.01)[0, 0])  # always keeps the top token
 
 
-@pytest.mark.parametrize("share_prompt", [False, True])
-def test_logprob_paths_agree_in_values_and_gradients(tiny, share_prompt):
-    """Full logits over every position vs the fast paths (shared prompt, LM head on real tokens)."""
+@pytest.mark.parametrize("share_prompt, pack", [(False, False), (True, False), (True, True)])
+def test_logprob_paths_agree_in_values_and_gradients(tiny, share_prompt, pack):
+    """Full logits over every position vs the fast paths (shared prompt, packed responses, LM head
+    on real tokens); the rows are shuffled, so a group's rows are not side by side."""
     model, tok = tiny
     engine = TransformersEngine(model, tok)
     batch, _ = engine.generate(PROMPTS, 3, SamplingParams(max_new_tokens=6), seed=0)
@@ -116,7 +117,8 @@ def test_logprob_paths_agree_in_values_and_gradients(tiny, share_prompt):
     ref.sum().backward()
     ref_grads = grads()
 
-    lp, entropy = policy_logprobs(model, batch, 0.7, with_entropy=True, share_prompt=share_prompt)
+    lp, entropy = policy_logprobs(model, batch, 0.7, with_entropy=True, share_prompt=share_prompt,
+                                  pack=pack)
     lp.sum().backward()
     fast_grads = grads()
     assert ((lp - ref.detach()).abs()).max() < 1e-4
@@ -124,7 +126,7 @@ def test_logprob_paths_agree_in_values_and_gradients(tiny, share_prompt):
     for k in ref_grads:
         torch.testing.assert_close(fast_grads[k], ref_grads[k], atol=1e-4, rtol=1e-3)
     with torch.no_grad():
-        full = response_logits(model, batch, 0.7, share_prompt=share_prompt)
+        full = response_logits(model, batch, 0.7, share_prompt=share_prompt, pack=pack)
     torch.testing.assert_close(token_logprobs(full, batch.response_ids) * mask, ref.detach(),
                                atol=1e-4, rtol=1e-4)
 

@@ -228,6 +228,10 @@ class OptimConfig:
     share_prompt: bool = _f(True, "Run each distinct prompt's forward/backward once per micro-batch "
                             "and let its G responses reuse it (exact; much less compute when "
                             "prompts are long against responses).")
+    pack_responses: bool = _f(True, "Train on packed rows: a group's responses side by side after "
+                              "one copy of their prompt, under a block mask, with no padding "
+                              "(pivotal.packing; equal to float rounding). Needs sdpa or eager "
+                              "attention; otherwise the padded rows above.")
 
 
 @dataclass

@@ -7,11 +7,14 @@ columns that every row shares are trimmed before the forward pass (`trim_padding
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 
 from .batch import RolloutBatch
 from .chunked_logsoftmax import chunked_logprobs
 from .kv_cache import returned_cache, with_cache
+from .packing import gather_states, pack_responses, usable_for
 
 
 def token_logprobs(logits: torch.Tensor, token_ids: torch.Tensor) -> torch.Tensor:
@@ -105,8 +108,11 @@ def _causal_lm_call(model, want_hidden: bool, cache=None, **inputs):
 
 
 def response_states(model, batch: RolloutBatch, share_prompt: bool,
-                     want_hidden: bool) -> torch.Tensor:
+                     want_hidden: bool, pack: bool = False) -> torch.Tensor:
     """(B, T, H) hidden states (or (B, T, V) logits) at the positions predicting each response token.
+
+    pack: the packed layout (`pivotal.packing`: a group's responses in one row after one copy of
+    their prompt, no padding), where the model reads it exactly; else the layouts below.
 
     share_prompt: run each distinct prompt (rows with equal `group_ids`) once and let its rows read
     its keys/values. The gradient reaching the prompt is summed over those rows by autograd
@@ -114,6 +120,19 @@ def response_states(model, batch: RolloutBatch, share_prompt: bool,
     the prompt dominates the tokens, so this removes most of the training compute.
     """
     T = batch.response_ids.shape[1]
+    if pack:
+        layout = pack_responses(batch)
+        if usable_for(model, layout):
+            dtype = next(model.parameters()).dtype
+            states, _ = _causal_lm_call(model, want_hidden, input_ids=layout.input_ids,
+                                        attention_mask=layout.attention_mask(model, dtype),
+                                        position_ids=layout.position_ids, use_cache=False)
+            return gather_states(states, layout)
+        attention = getattr(model.config, "_attn_implementation", None)
+        warnings.warn(f"optim.pack_responses: {model.config.model_type} with attention "
+                      f"'{attention}' cannot read packed rows (needs sdpa or eager, and no "
+                      "sliding window shorter than the sequences); using padded rows",
+                      stacklevel=2)
     if not share_prompt:
         attention = batch.attention_mask
         positions = (attention.cumsum(dim=1) - 1).clamp(min=0)
@@ -145,18 +164,20 @@ def response_states(model, batch: RolloutBatch, share_prompt: bool,
 
 
 def response_logits(model, batch: RolloutBatch, temperature: float = 1.0,
-                    share_prompt: bool = False) -> torch.Tensor:
+                    share_prompt: bool = False, pack: bool = False) -> torch.Tensor:
     """Logits that predict each response token, divided by the temperature: (B, T, V)."""
     if has_plain_head(model):
-        logits = model.get_output_embeddings()(response_states(model, batch, share_prompt, True))
+        logits = model.get_output_embeddings()(response_states(model, batch, share_prompt, True,
+                                                               pack))
     else:
-        logits = response_states(model, batch, share_prompt, False)
+        logits = response_states(model, batch, share_prompt, False, pack)
     return logits / temperature if temperature and temperature != 1.0 else logits
 
 
 def policy_logprobs(model, batch: RolloutBatch, temperature: float = 1.0,
                     with_entropy: bool = False, entropy_grad: bool = False,
-                    share_prompt: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
+                    share_prompt: bool = True, pack: bool = False
+                    ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """(log-probs (B, T), entropy (B, T) or None) of the batch's responses under `model`.
 
     Only positions with `response_mask` = 1 are computed (0 elsewhere); for plain-head models the
@@ -164,36 +185,38 @@ def policy_logprobs(model, batch: RolloutBatch, temperature: float = 1.0,
     log-softmax memory. The entropy carries a gradient only with `entropy_grad` (an entropy bonus).
     """
     if has_plain_head(model):
-        states = response_states(model, batch, share_prompt, True)
+        states = response_states(model, batch, share_prompt, True, pack)
         return logprobs_from_states(model, states, batch, temperature, with_entropy, entropy_grad)
-    logits = response_states(model, batch, share_prompt, False)[batch.response_mask.bool()]
+    logits = response_states(model, batch, share_prompt, False, pack)[batch.response_mask.bool()]
     return _scatter_logprobs(logits, batch, temperature, with_entropy, entropy_grad)
 
 
 def policy_token_stats(model, batch: RolloutBatch, temperature: float = 1.0,
-                       share_prompt: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+                       share_prompt: bool = True, pack: bool = False
+                       ) -> tuple[torch.Tensor, torch.Tensor]:
     """(log-probs (B, T), sum_v pi(v)^2 (B, T)) of the batch's responses under `model`, from one
     pass: the log-probs exactly as `policy_logprobs` computes them, and per position the sum of
     the squared probabilities of the temperature-scaled distribution, exp(logsumexp(2 z) -
     2 logsumexp(z)) (the optimal token baseline's energy, `pivotal.algos.otb`). 0 on padding."""
     mask = batch.response_mask.bool()
     if has_plain_head(model):
-        logits = model.get_output_embeddings()(response_states(model, batch, share_prompt, True)[mask])
+        logits = model.get_output_embeddings()(response_states(model, batch, share_prompt, True, pack)[mask])
     else:
-        logits = response_states(model, batch, share_prompt, False)[mask]
+        logits = response_states(model, batch, share_prompt, False, pack)[mask]
     logp, _ = _scatter_logprobs(logits, batch, temperature, False, False)
     z = (logits / temperature if temperature and temperature != 1.0 else logits).float()
     flat = torch.exp(torch.logsumexp(2.0 * z, dim=-1) - 2.0 * torch.logsumexp(z, dim=-1))
     return logp, flat.new_zeros(mask.shape).masked_scatter(mask, flat)
 
 
-def response_hidden_states(model, batch: RolloutBatch, share_prompt: bool = True) -> torch.Tensor:
+def response_hidden_states(model, batch: RolloutBatch, share_prompt: bool = True,
+                           pack: bool = False) -> torch.Tensor:
     """(B, T, H) trunk states at the positions predicting each response token (plain-head models:
     the LM head is a linear map of them), for callers that add their own heads (`pivotal.auxiliary.occ`)."""
     if not has_plain_head(model):
         raise ValueError(f"model type '{model.config.model_type}' has no plain LM head over its "
                          f"hidden states; known: {', '.join(sorted(_PLAIN_HEAD_MODELS))}")
-    return response_states(model, batch, share_prompt, True)
+    return response_states(model, batch, share_prompt, True, pack)
 
 
 def logprobs_from_states(model, states: torch.Tensor, batch: RolloutBatch, temperature: float = 1.0,
@@ -234,11 +257,12 @@ def per_token_no_grad(batch: RolloutBatch, compute, micro_batch_size: int,
 
 
 def logprobs_no_grad(model, batch: RolloutBatch, temperature: float, share_prompt: bool,
-                     micro_batch_size: int) -> torch.Tensor:
+                     micro_batch_size: int, pack: bool = False) -> torch.Tensor:
     """(B, T) log-probs of the batch's responses under `model`, micro-batched, without gradient."""
     device = next(model.parameters()).device
     return per_token_no_grad(batch, lambda view: {"logp": policy_logprobs(
-        model, view, temperature, share_prompt=share_prompt)[0]}, micro_batch_size, device)["logp"]
+        model, view, temperature, share_prompt=share_prompt, pack=pack)[0]},
+        micro_batch_size, device)["logp"]
 
 
 @torch.no_grad()

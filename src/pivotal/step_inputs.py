@@ -59,8 +59,9 @@ class StepInputs:
 
     def logprobs(self, model, batch: RolloutBatch) -> torch.Tensor:
         """(B, T) no-grad log-probs of the batch's responses under `model`, micro-batched."""
-        return logprobs_no_grad(model, batch, self.cfg.rollout.temperature,
-                                self.cfg.optim.share_prompt, self.cfg.optim.micro_batch_size)
+        optim = self.cfg.optim
+        return logprobs_no_grad(model, batch, self.cfg.rollout.temperature, optim.share_prompt,
+                                optim.micro_batch_size, optim.pack_responses)
 
     def policy_stats(self, batch: RolloutBatch) -> dict[str, torch.Tensor]:
         """The "policy_stats" advantage input: the current (old) policy's log-probs and
@@ -69,7 +70,7 @@ class StepInputs:
 
         def compute(view):
             logp, sum_sq = policy_token_stats(self.model, view, cfg.rollout.temperature,
-                                              cfg.optim.share_prompt)
+                                              cfg.optim.share_prompt, cfg.optim.pack_responses)
             return {"logprobs": logp, "sum_sq_probs": sum_sq}
 
         return per_token_no_grad(batch, compute, cfg.optim.micro_batch_size, self.device)

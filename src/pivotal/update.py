@@ -131,9 +131,12 @@ class PolicyUpdate:
                 mini = batch.select(mini_idx)
                 credit_stats = (rt.reduce_statistics(self.credit_statistics(mini, **self.credit_options))
                                 if self.credit_statistics is not None else None)
-                by_length = torch.argsort(mini.response_lengths, stable=True)
+                # packed rows hold whole groups, so a group's rows go together; padded rows
+                # waste least beside rows of their own length
+                order_in_mini = torch.argsort(mini.group_ids if cfg.optim.pack_responses
+                                              else mini.response_lengths, stable=True)
                 micros = [trim_padding(mini.select(idx)).to(self.device)
-                          for idx in by_length.split(cfg.optim.micro_batch_size)]
+                          for idx in order_in_mini.split(cfg.optim.micro_batch_size)]
                 aux_stats = [rt.reduce_statistics(aux.minibatch_statistics(self.model, micros, on_policy))
                              for aux in self.auxiliary]
                 n_real, n_micro = len(micros), rt.max_int(len(micros))
@@ -192,7 +195,8 @@ class PolicyUpdate:
         for i in range(n_micro):
             micro = micros[min(i, len(micros) - 1)]
             logp = self.trained(lambda policy, m=micro: policy_logprobs(
-                policy, m, cfg.rollout.temperature, share_prompt=cfg.optim.share_prompt)[0])
+                policy, m, cfg.rollout.temperature, share_prompt=cfg.optim.share_prompt,
+                pack=cfg.optim.pack_responses)[0])
             if i >= n_real:
                 continue
             drop = self.credit_drops(micro, logp, **self.credit_options)
@@ -235,13 +239,15 @@ class PolicyUpdate:
         def forward(policy):  # every use of a trained parameter, inside the wrapped forward
             states = None
             if self.want_states:  # auxiliary heads read the trunk's states: compute them once
-                states = response_hidden_states(policy, micro, cfg.optim.share_prompt)
+                states = response_hidden_states(policy, micro, cfg.optim.share_prompt,
+                                                cfg.optim.pack_responses)
                 logp, entropy = logprobs_from_states(policy, states, micro, cfg.rollout.temperature,
                                                      with_entropy=True, entropy_grad=entropy_grad)
             else:
                 logp, entropy = policy_logprobs(policy, micro, cfg.rollout.temperature,
                                                 with_entropy=True, entropy_grad=entropy_grad,
-                                                share_prompt=cfg.optim.share_prompt)
+                                                share_prompt=cfg.optim.share_prompt,
+                                                pack=cfg.optim.pack_responses)
             if on_policy:  # pi_theta is pi_old here: use the exact values, so ratios are exactly 1
                 micro.old_logprobs = logp.detach()
             old = micro.old_logprobs

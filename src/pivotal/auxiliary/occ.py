@@ -146,11 +146,11 @@ class OCCHeads(AuxiliaryLoss):
 
     def __init__(self, hidden_size: int, num_heads: int, scale: float, loss: str,
                  loss_options: dict, temperature: float, share_prompt: bool,
-                 normaliser: str = "padded", padded_length: int = 0):
+                 normaliser: str = "padded", padded_length: int = 0, pack: bool = False):
         super().__init__()
         self.heads = MTPHeads(hidden_size, num_heads)
         self.scale, self.loss, self.loss_options = scale, LOSSES.get(loss), dict(loss_options)
-        self.temperature, self.share_prompt = temperature, share_prompt
+        self.temperature, self.share_prompt, self.pack = temperature, share_prompt, pack
         if normaliser == "padded" and padded_length < 1:
             raise ConfigError("OCC's padded normaliser needs the padded response length (> 0)")
         self.normaliser, self.padded_length = normaliser, padded_length
@@ -179,7 +179,7 @@ class OCCHeads(AuxiliaryLoss):
             return {}
         sums, counts = 0.0, 0.0
         for micro in micro_batches:
-            states = response_hidden_states(model, micro, self.share_prompt)
+            states = response_hidden_states(model, micro, self.share_prompt, self.pack)
             logp, _ = logprobs_from_states(model, states, micro, self.temperature)
             head_lp, head_mask = self._head_logprobs(model, states, micro)
             s, n = occ_sums(head_lp, logp, micro.old_logprobs, head_mask)
@@ -222,4 +222,5 @@ def build_occ(cfg, model) -> OCCHeads | None:
                           f"hidden states; '{cfg.model.name}' is a {model.config.model_type} model")
     return OCCHeads(model.config.hidden_size, cfg.algo.mtp_heads, cfg.algo.occ_scale,
                     cfg.algo.loss, cfg.algo.loss_options, cfg.rollout.temperature,
-                    cfg.optim.share_prompt, cfg.algo.occ_normaliser, cfg.rollout.max_new_tokens)
+                    cfg.optim.share_prompt, cfg.algo.occ_normaliser, cfg.rollout.max_new_tokens,
+                    cfg.optim.pack_responses)
