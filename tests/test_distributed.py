@@ -324,7 +324,7 @@ def test_a_killed_rank_stops_the_other_with_a_message(tmp_path):
 def test_ranks_with_different_configs_are_named_at_start(tmp_path):
     procs = _manual_ranks(tmp_path, [["train.steps=1"], ["train.steps=1", "train.seed=7"]])
     errors = [p.communicate(timeout=300)[1] for p in procs]
-    assert all(p.returncode == 2 for p in procs)
+    assert all(p.returncode == 2 for p in procs), [e[-2000:] for e in errors]
     assert "rank 1 differs from rank 0 in train.seed (0 vs 7)" in errors[0]
 
 
