@@ -8,7 +8,7 @@ import torch
 
 from pivotal.batch import RolloutBatch
 from pivotal.logprobs import policy_logprobs, trim_padding
-from pivotal.packing import gather_states, pack_responses, usable_for
+from pivotal.packing import gather_states, pack_responses, packing_saves_work, usable_for
 from pivotal.rollout import SamplingParams, TransformersEngine
 
 PROMPTS = ["What is 2 + 3?", "Hello", "A much longer prompt with quite a few more words in it."]
@@ -76,6 +76,7 @@ def test_packed_equals_padded_in_values_and_gradients(tiny, attention):
     model.set_attn_implementation(attention)
     batch = _sampled(tiny)
     assert usable_for(model, pack_responses(batch))
+    assert packing_saves_work(model, batch, pack_responses(batch))  # the packed rows do run
     ref_logp, ref_entropy, ref_grads = _values_and_grads(model, batch, pack=False)
     logp, entropy, grads = _values_and_grads(model, batch, pack=True)
     mask = batch.response_mask.bool()
@@ -99,12 +100,28 @@ def test_models_that_cannot_read_a_4d_mask_keep_the_padded_rows(tiny):
     assert usable_for(model, layout)
 
 
+def test_packing_is_skipped_where_its_dense_attention_costs_more(tiny):
+    """Long responses in one group: the packed row's dense attention outgrows the padding saved,
+    so the padded rows run (no warning: the model could read either)."""
+    model = tiny[0]
+    batch = _sampled(tiny)
+    assert packing_saves_work(model, batch, pack_responses(batch))
+    one_group = copy.copy(batch)
+    one_group.group_ids = torch.zeros_like(batch.group_ids)
+    long = one_group  # 12 rows of 8 x 16 tokens: no padding to save, 1.5k-position packed row
+    long.response_ids = long.response_ids.repeat(1, 16)
+    long.response_mask = torch.ones_like(long.response_ids, dtype=torch.float)
+    long.old_logprobs = torch.zeros_like(long.response_mask)
+    assert not packing_saves_work(model, long, pack_responses(long))
+
+
 def test_packed_equals_padded_on_the_built_in_model(smollm2):
     """The real SmolLM2-135M: two prompts x 4 sampled responses, values and gradients."""
     model, tok = smollm2
     batch, _ = TransformersEngine(model, tok).generate(
         PROMPTS[:2], 4, SamplingParams(max_new_tokens=12), seed=0)
     batch = trim_padding(batch)
+    assert packing_saves_work(model, batch, pack_responses(batch))
     ref_logp, _, ref_grads = _values_and_grads(model, batch, pack=False)
     logp, _, grads = _values_and_grads(model, batch, pack=True)
     torch.testing.assert_close(logp, ref_logp, atol=1e-4, rtol=1e-4)

@@ -231,7 +231,8 @@ class OptimConfig:
     pack_responses: bool = _f(True, "Train on packed rows: a group's responses side by side after "
                               "one copy of their prompt, under a block mask, with no padding "
                               "(pivotal.packing; equal to float rounding). Needs sdpa or eager "
-                              "attention; otherwise the padded rows above.")
+                              "attention, and runs where it costs fewer FLOPs than the padded "
+                              "rows above (its dense mask pays for every token pair of a row).")
 
 
 @dataclass

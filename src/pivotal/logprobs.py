@@ -1,7 +1,8 @@
 """Per-token log-probabilities and entropies of a causal LM on (prompt, response) pairs.
 
 Where the work goes, and what we skip: logits exist only for real response tokens (never for the
-prompt or padding), each distinct prompt is run once per micro-batch (`share_prompt`), and padding
+prompt or padding), each distinct prompt is run once per micro-batch (`share_prompt`), or a
+group's responses are packed after one copy of its prompt (`pack`, `pivotal.packing`), and padding
 columns that every row shares are trimmed before the forward pass (`trim_padding`).
 """
 
@@ -14,7 +15,7 @@ import torch
 from .batch import RolloutBatch
 from .chunked_logsoftmax import chunked_logprobs
 from .kv_cache import returned_cache, with_cache
-from .packing import gather_states, pack_responses, usable_for
+from .packing import gather_states, pack_responses, packing_saves_work, usable_for
 
 
 def token_logprobs(logits: torch.Tensor, token_ids: torch.Tensor) -> torch.Tensor:
@@ -112,7 +113,8 @@ def response_states(model, batch: RolloutBatch, share_prompt: bool,
     """(B, T, H) hidden states (or (B, T, V) logits) at the positions predicting each response token.
 
     pack: the packed layout (`pivotal.packing`: a group's responses in one row after one copy of
-    their prompt, no padding), where the model reads it exactly; else the layouts below.
+    their prompt, no padding), where the model reads it exactly and it costs fewer FLOPs than
+    the padded rows; else the layouts below.
 
     share_prompt: run each distinct prompt (rows with equal `group_ids`) once and let its rows read
     its keys/values. The gradient reaching the prompt is summed over those rows by autograd
@@ -122,12 +124,14 @@ def response_states(model, batch: RolloutBatch, share_prompt: bool,
     T = batch.response_ids.shape[1]
     if pack:
         layout = pack_responses(batch)
-        if usable_for(model, layout):
+        readable = usable_for(model, layout)
+        if readable and packing_saves_work(model, batch, layout):
             dtype = next(model.parameters()).dtype
             states, _ = _causal_lm_call(model, want_hidden, input_ids=layout.input_ids,
                                         attention_mask=layout.attention_mask(model, dtype),
                                         position_ids=layout.position_ids, use_cache=False)
             return gather_states(states, layout)
+    if pack and not readable:
         attention = getattr(model.config, "_attn_implementation", None)
         warnings.warn(f"optim.pack_responses: {model.config.model_type} with attention "
                       f"'{attention}' cannot read packed rows (needs sdpa or eager, and no "

@@ -68,6 +68,26 @@ def usable_for(model, layout: PackedLayout) -> bool:
     return int(layout.position_ids.max()) + 1 <= window
 
 
+def packing_saves_work(model, batch: RolloutBatch, layout: PackedLayout) -> bool:
+    """Whether the packed rows cost fewer forward FLOPs than the shared-prompt padded layout.
+
+    Per layer, a position costs about 2 (4 H^2 + 3 H I) in the projections and the MLP, and a
+    query-key pair 4 H in attention; the dense packed mask pays for every pair of its rows, so
+    with long responses and a narrow model its attention can outgrow the padding it saves.
+    Padded (shared prompt): each group's prompt attends to itself, each response row's T queries
+    to P + T keys."""
+    h = model.config.hidden_size
+    per_position = 2 * (4 * h * h + 3 * h * getattr(model.config, "intermediate_size", 4 * h))
+    per_pair = 4 * h
+    rows, width = layout.input_ids.shape
+    packed = rows * width * per_position + rows * width * width * per_pair
+    P, T = batch.prompt_ids.shape[1], batch.response_ids.shape[1]
+    groups = len(torch.unique(batch.group_ids))
+    padded = ((groups * P + batch.size * T) * per_position
+              + (groups * P * P + batch.size * T * (P + T)) * per_pair)
+    return packed <= padded
+
+
 def pack_responses(batch: RolloutBatch) -> PackedLayout:
     """The packed layout of `batch`: one row per group (rows with equal `group_ids` share their
     prompt), groups in order of their first row. One group per row measured fastest on the
