@@ -101,15 +101,14 @@ def test_models_that_cannot_read_a_4d_mask_keep_the_padded_rows(tiny):
 
 
 def test_packing_is_skipped_where_its_dense_attention_costs_more(tiny):
-    """Long responses in one group: the packed row's dense attention outgrows the padding saved,
-    so the padded rows run (no warning: the model could read either)."""
+    """One group of 12 rows of 128 tokens each: no padding to save, and one 1.5k-position packed
+    row whose dense attention costs more than the padded rows' (`packing_saves_work` says no)."""
     model = tiny[0]
     batch = _sampled(tiny)
     assert packing_saves_work(model, batch, pack_responses(batch))
-    one_group = copy.copy(batch)
-    one_group.group_ids = torch.zeros_like(batch.group_ids)
-    long = one_group  # 12 rows of 8 x 16 tokens: no padding to save, 1.5k-position packed row
-    long.response_ids = long.response_ids.repeat(1, 16)
+    long = copy.copy(batch)
+    long.group_ids = torch.zeros_like(batch.group_ids)
+    long.response_ids = batch.response_ids.repeat(1, 16)
     long.response_mask = torch.ones_like(long.response_ids, dtype=torch.float)
     long.old_logprobs = torch.zeros_like(long.response_mask)
     assert not packing_saves_work(model, long, pack_responses(long))
