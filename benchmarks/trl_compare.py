@@ -4,7 +4,9 @@ SmolLM2-135M-Instruct float32 on the CPU, 4 prompts x 8 samples, 64 new tokens, 
 reference model), lr 1e-6, one optimizer step per rollout, the same
 arithmetic prompts and the same correctness reward. Prints seconds per step for each (the first
 step of each is a warm-up and not counted) and the ratio pivotal / TRL (issue 15: <= 0.33).
-TRL runs twice: with its default gradient checkpointing (on) and with it off. pivotal runs once per
+TRL runs first, four times: gradient checkpointing on (its default) and off, each with glibc's
+malloc defaults and then with pivotal's retained-memory setting (process-wide once set, which is
+why pivotal runs after it). pivotal runs once per
 `--engines` entry; `vllm` needs vLLM installed (`make setup-vllm`, then trl into that venv).
 Needs `pip install trl` (an optional benchmark dependency: `pip install -e '.[bench]'`).
 
