@@ -52,7 +52,7 @@ from ..divergence import distribution_divergences
 from ..logprobs import entropy_from_logits
 from ..models import eos_token_ids
 from ..rollout import SamplingParams, StepChoice, assemble_batch, encode_prompts, filter_logits, kv_decode
-from ..rollout.base import seeded_generator
+from ..rollout.base import draw_categorical, seeded_generator
 
 CRITERIA = ("divergence", "dlogp", "entropy", "random")
 DIRECTIONS = ("forward", "reverse")
@@ -82,8 +82,7 @@ def choose_tokens(logits: Tensor, params: SamplingParams,
     scaled = logits.float()
     if params.temperature > 0:
         scaled = scaled / params.temperature
-        tokens = torch.multinomial(_draw_probabilities(logits, params), 1,
-                                   generator=generator).squeeze(-1)
+        tokens = draw_categorical(_draw_probabilities(logits, params), generator)
     else:
         tokens = scaled.argmax(dim=-1)
     logp = torch.log_softmax(scaled, dim=-1).gather(-1, tokens.unsqueeze(-1)).squeeze(-1)

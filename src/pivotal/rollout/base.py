@@ -1,5 +1,5 @@
 """The engine interface, the sampling parameters, and what every engine shares: prompt encoding,
-nucleus filtering, and packing sampled tokens into a RolloutBatch.
+nucleus filtering, the categorical draw, and packing sampled tokens into a RolloutBatch.
 
 Log-probs are of the temperature-scaled full distribution, before top-k/top-p truncation, which is
 what the trainer recomputes (the convention of verl and TRL).
@@ -53,6 +53,26 @@ def filter_logits(logits: torch.Tensor, top_k: int = 0, top_p: float = 1.0) -> t
         drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
         logits = logits.masked_fill(drop, float("-inf"))
     return logits
+
+
+def draw_categorical(probs: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+    """One draw per row from the categorical distributions `probs` (N, V), rows summing to ~1:
+    (N,) long. Zero-probability tokens are never drawn.
+
+    Inverse-CDF sampling: one uniform per row, located in the row's cumulative sum (float64, so
+    the cumulative rounding stays below 1e-12). It draws from the same distribution as
+    `torch.multinomial(probs, 1)`, whose CPU kernel draws an exponential for every one of the V
+    entries (the race of Exp(1)/p): 27 ms per token step for 32 rows of a 49,152-token
+    vocabulary against 1 ms here, a fifth of the transformers engine's rollout (docs/results.md).
+    """
+    cumulative = probs.double().cumsum(dim=-1)
+    total = cumulative[:, -1:].contiguous()
+    u = torch.rand(total.shape, generator=generator, dtype=torch.float64, device=probs.device)
+    # first index whose cumulative mass exceeds u * total: a zero-probability token repeats its
+    # predecessor's cumulative mass and so is never the first
+    chosen = torch.searchsorted(cumulative, u * total, right=True)
+    # u * total can round up to total: then take the last token with mass (first to reach it)
+    return torch.minimum(chosen, torch.searchsorted(cumulative, total)).squeeze(-1)
 
 
 def assemble_batch(tokenizer, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor,

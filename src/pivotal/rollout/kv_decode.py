@@ -17,8 +17,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from pivotal.kv_cache import returned_cache, with_cache
-from pivotal.rollout.base import SamplingParams, filter_logits
+from pivotal.kv_cache import preallocate, returned_cache, with_cache
+from pivotal.rollout.base import SamplingParams, draw_categorical, filter_logits
 
 
 @dataclass
@@ -44,19 +44,20 @@ def sample_step(logits: list[Tensor], params: SamplingParams, generator: torch.G
     log_probs = torch.log_softmax(scaled, dim=-1)
     if params.temperature > 0:
         probs = torch.softmax(filter_logits(scaled, params.top_k, params.top_p), dim=-1)
-        chosen = torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+        chosen = draw_categorical(probs, generator)
     else:
         chosen = scaled.argmax(dim=-1)
     return StepChoice(tokens=chosen, logprobs=log_probs.gather(-1, chosen.unsqueeze(-1)).squeeze(-1))
 
 
-def _prefill(model, prompt_ids: Tensor, prompt_mask: Tensor, num_samples: int):
-    """(next-token logits (B*G, V), KV cache for B*G rows): one prefill per prompt, copied G times."""
+def _prefill(model, prompt_ids: Tensor, prompt_mask: Tensor, num_samples: int, new_tokens: int):
+    """(next-token logits (B*G, V), KV cache for B*G rows): one prefill per prompt, copied G times
+    into a cache with room for `new_tokens` more positions."""
     positions = (prompt_mask.cumsum(dim=1) - 1).clamp(min=0)
     out = model(input_ids=prompt_ids, attention_mask=prompt_mask, position_ids=positions,
                 use_cache=True, logits_to_keep=1)
     cache = returned_cache(out)
-    cache.batch_repeat_interleave(num_samples)
+    preallocate(cache, num_samples, new_tokens)
     return out.logits[:, -1, :].repeat_interleave(num_samples, dim=0), cache
 
 
@@ -72,7 +73,8 @@ def kv_decode(models: list, prompt_ids: Tensor, prompt_mask: Tensor, num_samples
     """
     device = prompt_ids.device
     eos_ids = eos_ids.to(device)
-    prefilled = [_prefill(m, prompt_ids, prompt_mask, num_samples) for m in models]
+    prefilled = [_prefill(m, prompt_ids, prompt_mask, num_samples, params.max_new_tokens)
+                 for m in models]
     logits, caches = [p[0] for p in prefilled], [p[1] for p in prefilled]
     if len({x.shape[-1] for x in logits}) > 1:
         raise ValueError(f"the models must share a vocabulary: their LM heads give "
