@@ -155,20 +155,24 @@ def training_roofline(batch, group: int, shape: ModelShape, micro_batches: int,
 @torch.no_grad()
 def decode_probe(model, rows: int, context: int, repeats: int = 8) -> float:
     """Best seconds of one one-token forward of the model alone (no sampling, no host loop) for
-    `rows` rows over a KV cache of `context` positions: the floor pivotal's decode loop can reach
-    with this model code, to set against its roofline."""
-    from pivotal.kv_cache import returned_cache, with_cache
+    `rows` rows over a KV cache of `context` positions, called as pivotal's decode loop calls it
+    (preallocated cache, a 2D attention mask): the floor that loop can reach with this model code,
+    to set against its roofline."""
+    from pivotal.kv_cache import preallocate, returned_cache, with_cache
 
     device = next(model.parameters()).device
     ids = torch.randint(0, model.config.vocab_size, (rows, context), device=device)
     out = model(input_ids=ids, use_cache=True, logits_to_keep=1)
     cache = returned_cache(out)
+    preallocate(cache, 1, repeats)
     token = ids[:, -1:]
     best = float("inf")
     for i in range(repeats):
         positions = torch.full((rows, 1), context + i, device=device)
+        mask = torch.ones(rows, context + i + 1, dtype=torch.long, device=device)
         t0 = time.perf_counter()
-        out = model(input_ids=token, position_ids=positions, use_cache=True, **with_cache(model, cache))
+        out = model(input_ids=token, attention_mask=mask, position_ids=positions, use_cache=True,
+                    **with_cache(model, cache))
         best = min(best, time.perf_counter() - t0)
         cache = returned_cache(out)
     return best

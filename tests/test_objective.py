@@ -101,7 +101,8 @@ def test_update_does_not_depend_on_the_micro_batch_size(tmp_path, extra):
     assert m_rows["grad_norm"] == pytest.approx(m_whole["grad_norm"], rel=1e-4)
     if "algo.mtp_heads" in extra:  # the second mini-batch has moved the coefficients
         assert m_whole["occ_coef_1"] != 0
-        assert m_rows["occ_coef_1"] == pytest.approx(m_whole["occ_coef_1"], rel=1e-4)
+        # the weights' tolerance (atol 1e-6): the coefficient is small (~5e-3 on some batches)
+        assert m_rows["occ_coef_1"] == pytest.approx(m_whole["occ_coef_1"], rel=1e-4, abs=1e-6)
 
 
 def test_dropped_rows_leave_the_loss_and_its_denominator(tmp_path):
