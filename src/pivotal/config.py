@@ -265,6 +265,8 @@ class TrainConfig:
                                    "large tensors do not page-fault each step; changes no "
                                    "value, costs the peak heap staying allocated "
                                    "(pivotal.allocator).")
+    deterministic: bool = _f(False, "torch.use_deterministic_algorithms for the process: GPU runs "
+                             "repeat bit for bit (CPU runs already do); pivotal.reproducibility.")
     tensorboard: bool = _f(True, "Write TensorBoard event files.")
     wandb: bool = _f(False, "Log to Weights & Biases (needs `wandb` installed).")
 

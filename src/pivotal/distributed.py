@@ -176,6 +176,12 @@ def check_same_config(runtime: Runtime, config: dict) -> None:
         if keys:
             shown = ", ".join(f"{k} ({flat[0].get(k)} vs {flat[rank].get(k)})" for k in keys[:3])
             problems.append(f"rank {rank} differs from rank 0 in {shown}")
+    # leave the process group before the error ends the process: a gloo group still alive at
+    # interpreter exit can abort it ("terminate called without an active exception", exit code
+    # -6 instead of the config error's 2); the barrier keeps a rank from closing a connection
+    # another rank is still reading the configs from
+    runtime.barrier()
+    shutdown(runtime)
     raise ConfigError("the ranks were started with different configs: " + "; ".join(problems))
 
 

@@ -66,6 +66,7 @@ from .metrics import (
 )
 from .plots import plot_run
 from .policy import build_policy_models, reference_ratchets
+from .reproducibility import use_deterministic_kernels
 from .rewards import build_scorer
 from .rollout import build_engine
 from .safety import CheckpointClock, StepChecks, check_finite_weights
@@ -94,6 +95,8 @@ class Trainer(SamplingRounds):
         self.ckpt_dir = self.out_dir / "checkpoints"
         if cfg.train.retain_freed_memory:
             retain_freed_memory()
+        if cfg.train.deterministic:
+            use_deterministic_kernels()
         torch.manual_seed(cfg.train.seed)
         self.task = task if task is not None else build_task(cfg.task.name, **cfg.task.options)
         self.scorer = scorer if scorer is not None else build_scorer(
