@@ -94,6 +94,8 @@ class RolloutConfig:
                                  "in tokens.")
     vllm_kv_cache_gb: float = _f(1.0, "vllm, vllm_server (local): memory reserved for its KV "
                                  "cache, GiB.")
+    vllm_compile: bool = _f(False, "vllm: let vLLM torch.compile its model instead of running "
+                            "eager (measured here: 60 s more at start, rollouts 15% faster; pays off past ~60 steps).")
     server_urls: list = _f([], "vllm_server: base URLs of running servers (http://host:8000); "
                            "prompts are spread over them. Empty: pivotal starts one on this "
                            "machine and stops it when the run ends.")

@@ -26,7 +26,8 @@ def build_engine(model, tokenizer, rollout_cfg, seed: int = 0, output_dir: str =
     if rollout_cfg.engine == "vllm":
         from pivotal.rollout.vllm_engine import VLLMEngine
         return VLLMEngine(model, tokenizer, max_model_len=rollout_cfg.vllm_max_model_len,
-                          kv_cache_gb=rollout_cfg.vllm_kv_cache_gb, seed=seed)
+                          kv_cache_gb=rollout_cfg.vllm_kv_cache_gb, seed=seed,
+                          enforce_eager=not rollout_cfg.vllm_compile)
     return TransformersEngine(model, tokenizer)
 
 
