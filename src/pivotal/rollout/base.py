@@ -63,7 +63,8 @@ def draw_categorical(probs: torch.Tensor, generator: torch.Generator | None) -> 
     the cumulative rounding stays below 1e-12). It draws from the same distribution as
     `torch.multinomial(probs, 1)`, whose CPU kernel draws an exponential for every one of the V
     entries (the race of Exp(1)/p): 27 ms per token step for 32 rows of a 49,152-token
-    vocabulary against 1 ms here, a fifth of the transformers engine's rollout (docs/results.md).
+    vocabulary against 1-2 ms here; it was a fifth of the transformers engine's rollout
+    (docs/results.md, "Decoding").
     """
     cumulative = probs.double().cumsum(dim=-1)
     total = cumulative[:, -1:].contiguous()

@@ -3,7 +3,9 @@
 One loop serves the rollout engine (one model, sampling) and the analysis decoders (two models in
 lockstep, a rule choosing each token, `pivotal.analysis.decoding`). Why a loop of our own instead
 of `model.generate`:
-  * each prompt is prefilled once and its KV cache copied G times, instead of prefilling G copies;
+  * each prompt is prefilled once and its KV cache copied G times, instead of prefilling G copies,
+    into buffers with room for the response (`pivotal.kv_cache.PreallocatedLayer`): a token step
+    writes one position instead of concatenating the whole cache;
   * rows that hit EOS are dropped from the batch and the KV cache, so finished sequences stop
     costing compute (`generate` keeps computing them until the longest row ends);
   * the per-token log-probs of the chosen tokens come out of the same forward pass.
