@@ -66,26 +66,6 @@ def test_batch_fields_and_logprobs_match_the_trainer(policy, engine):
     assert _max_diff(model, batch) < TOLERANCE
 
 
-def test_compiled_engine_follows_weight_syncs(policy):
-    """rollout.vllm_compile: vLLM's compiled model reads the weights a sync copies in."""
-    import copy
-    model, tokenizer = policy
-    model = copy.deepcopy(model)
-    compiled = VLLMEngine(model, tokenizer, max_model_len=512, kv_cache_gb=0.25, enforce_eager=False)
-    params = SamplingParams(max_new_tokens=16, temperature=1.0)
-    before, _ = compiled.generate(_prompts(tokenizer), 2, params, seed=0)
-    assert _max_diff(model, before) < TOLERANCE
-    generator = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for name, weight in model.named_parameters():
-            if ".layers.3." in name:
-                weight.add_(torch.randn(weight.shape, generator=generator) * 0.05 * weight.abs().mean())
-    compiled.sync_weights(model)
-    after, _ = compiled.generate(_prompts(tokenizer), 2, params, seed=0)
-    assert _max_diff(model, after) < TOLERANCE
-    assert not torch.equal(before.response_ids, after.response_ids)  # the new weights sampled
-
-
 def test_seeded_sampling_is_reproducible(policy, engine):
     _, tokenizer = policy
     params = SamplingParams(max_new_tokens=16, temperature=1.0)
@@ -190,3 +170,26 @@ def test_a_lora_policy_reaches_vllm_as_merged_weights(tmp_path):
     assert _max_diff(trainer.model, batch) < TOLERANCE
     with trainer.adapters.peft_model.disable_adapter():  # the adapters moved the policy
         assert _max_diff(trainer.model, batch) > 10 * TOLERANCE
+
+
+def test_compiled_engine_follows_weight_syncs(policy):
+    """rollout.vllm_compile: vLLM's compiled model reads the weights a sync copies in. Last in the
+    file: run before the tests that use the module's `engine` fixture, this second engine left
+    that one failing ("pipeline model parallel group is not initialized"; vLLM's parallel state
+    is process-wide)."""
+    import copy
+    model, tokenizer = policy
+    model = copy.deepcopy(model)
+    compiled = VLLMEngine(model, tokenizer, max_model_len=512, kv_cache_gb=0.25, enforce_eager=False)
+    params = SamplingParams(max_new_tokens=16, temperature=1.0)
+    before, _ = compiled.generate(_prompts(tokenizer), 2, params, seed=0)
+    assert _max_diff(model, before) < TOLERANCE
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for name, weight in model.named_parameters():
+            if ".layers.3." in name:
+                weight.add_(torch.randn(weight.shape, generator=generator) * 0.05 * weight.abs().mean())
+    compiled.sync_weights(model)
+    after, _ = compiled.generate(_prompts(tokenizer), 2, params, seed=0)
+    assert _max_diff(model, after) < TOLERANCE
+    assert not torch.equal(before.response_ids, after.response_ids)  # the new weights sampled
