@@ -58,8 +58,9 @@ def test_preallocated_cache_gives_the_dynamic_cache_samples(tiny, monkeypatch, r
 def test_preallocated_cache_on_the_real_model(smollm2, monkeypatch):
     model, tok = smollm2
     params = SamplingParams(max_new_tokens=16, temperature=1.0)
-    fast, _, _ = _generate(model, tok, monkeypatch, preallocate, params, samples=3, prompts=PROMPTS[:2])
+    fast, _, layers = _generate(model, tok, monkeypatch, preallocate, params, samples=3, prompts=PROMPTS[:2])
     plain, _, _ = _generate(model, tok, monkeypatch, _dynamic_cache, params, samples=3, prompts=PROMPTS[:2])
+    assert PreallocatedLayer in layers[1:]
     assert torch.equal(fast.response_ids, plain.response_ids)
     assert torch.allclose(fast.old_logprobs, plain.old_logprobs, atol=1e-5, rtol=0)
 
