@@ -41,10 +41,10 @@ def _plain_paths():
 
 def rollout_split(engine, prompts, params, seed, paths: dict) -> dict[str, float]:
     """One rollout with `paths` patched into the decode loop: seconds in all, in the model's
-    forwards and in the sampling rule."""
-    saved = {name: getattr(decode_module, name) for name in paths}
+    forwards and in the categorical draw."""
+    saved = {name: getattr(decode_module, name) for name in ("preallocate", "draw_categorical")}
     spent = {"forward": 0.0, "sampling": 0.0}
-    model, rule = engine.model, decode_module.sample_step
+    model = engine.model
 
     def timed(kind, fn):
         def run(*args, **kwargs):
@@ -54,9 +54,7 @@ def rollout_split(engine, prompts, params, seed, paths: dict) -> dict[str, float
             return out
         return run
 
-    forward = model.forward
-    model.forward = timed("forward", forward)
-    draw = decode_module.draw_categorical
+    model.forward = timed("forward", model.forward)
     for name, fn in paths.items():
         setattr(decode_module, name, fn)
     decode_module.draw_categorical = timed("sampling", decode_module.draw_categorical)
@@ -66,10 +64,8 @@ def rollout_split(engine, prompts, params, seed, paths: dict) -> dict[str, float
         spent["all"] = time.perf_counter() - t0
     finally:
         del model.forward
-        decode_module.draw_categorical = draw
         for name, fn in saved.items():
             setattr(decode_module, name, fn)
-    assert rule is decode_module.sample_step
     spent["tokens"] = float(batch.response_mask.sum())
     return spent
 
