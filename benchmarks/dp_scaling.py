@@ -6,6 +6,8 @@ The same training steps of the built-in model (the TRL-comparison batch: 4 promp
   single  one process, torch.set_num_threads(2)
   ddp     torchrun --nproc-per-node 2, 1 thread per rank, dist.strategy=ddp
   fsdp    the same with dist.strategy=fsdp (FSDP2, fully_shard per decoder layer)
+  fsdp_keep  fsdp with dist.reshard_after_forward=false (each layer's gathered weights kept
+          from its forward to its backward: one all-gather per micro-batch instead of two)
 
 After one warm-up step each contender times --steps steps and reports, per contender:
 
@@ -21,7 +23,7 @@ After one warm-up step each contender times --steps steps and reports, per conte
                    shards), and the ratio to single; under FSDP2 the colocated engine's whole
                    replica of the policy is printed beside it
 
-    python benchmarks/dp_scaling.py [--steps 3] [--only single,ddp,fsdp]
+    python benchmarks/dp_scaling.py [--steps 3] [--only single,ddp,fsdp,fsdp_keep]
 """
 
 from __future__ import annotations
@@ -87,13 +89,17 @@ def _train_state_bytes(trainer) -> tuple[int, int]:
     return state, replica
 
 
+STRATEGIES = {"single": [], "ddp": ["dist.strategy=ddp"], "fsdp": ["dist.strategy=fsdp"],
+              "fsdp_keep": ["dist.strategy=fsdp", "dist.reshard_after_forward=false"]}
+
+
 def worker(strategy: str, steps: int, out: Path) -> None:
     import torch
 
     from common import step_config
     from pivotal.trainer import Trainer
 
-    cfg = step_config("optim.lr=1e-6", f"dist.strategy={'fsdp' if strategy == 'fsdp' else 'ddp'}",
+    cfg = step_config("optim.lr=1e-6", *STRATEGIES[strategy],
                       f"train.output_dir={out.parent / strategy}")  # the same on every rank
     trainer = Trainer(cfg, progress=False)
     rt = trainer.runtime
@@ -156,7 +162,7 @@ def run(strategy: str, steps: int, tmp: Path) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--steps", type=int, default=3)
-    ap.add_argument("--only", default="single,ddp,fsdp")
+    ap.add_argument("--only", default=",".join(STRATEGIES))
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     ap.add_argument("--out", type=Path, help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -169,14 +175,14 @@ def main() -> None:
         results = {s: run(s, args.steps, Path(tmp)) for s in args.only.split(",")}
     base = results.get("single")
     mib = 2 ** 20
-    print(f"{'':8} {'step s':>7} {'samples/s':>9} {'vs single':>9} {'comm':>6} "
+    print(f"{'':10} {'step s':>7} {'samples/s':>9} {'vs single':>9} {'comm':>6} "
           f"{'MiB/step':>9} {'state MiB':>9} {'vs single':>9} {'replica MiB':>11}")
     for name, r in results.items():
         rate = r["samples"] / r["step_s"]
         ratio = rate / (base["samples"] / base["step_s"]) if base else float("nan")
         mem = r["train_state_bytes"] / base["train_state_bytes"] if base else float("nan")
         comm = f"{r['comm_share']:.1%}" if r["comm_share"] is not None else "-"
-        print(f"{name:8} {r['step_s']:7.2f} {rate:9.2f} {ratio:9.2f} {comm:>6} "
+        print(f"{name:10} {r['step_s']:7.2f} {rate:9.2f} {ratio:9.2f} {comm:>6} "
               f"{r['step_bytes'] / mib:9.1f} {r['train_state_bytes'] / mib:9.1f} {mem:9.2f} "
               f"{r['replica_bytes'] / mib:11.1f}")
 

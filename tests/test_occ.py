@@ -118,9 +118,9 @@ def test_padded_normaliser_is_the_released_unmasked_mean(tmp_path):
     batch, _ = trainer.rollout()
     batch.old_logprobs = batch.old_logprobs - 0.1 * batch.response_mask  # the policy "moved"
     micros = [trim_padding(batch.select(idx)) for idx in torch.arange(batch.size).split(3)]
-    padded = heads.minibatch_statistics(trainer.model, micros, on_policy=False)
+    padded = heads.minibatch_statistics(trainer.trained, micros, len(micros), on_policy=False)
     heads.normaliser = "valid"
-    valid = heads.minibatch_statistics(trainer.model, micros, on_policy=False)
+    valid = heads.minibatch_statistics(trainer.trained, micros, len(micros), on_policy=False)
     torch.testing.assert_close(padded["occ_numerator_sum"], valid["occ_numerator_sum"])
     slots = batch.size * trainer.cfg.rollout.max_new_tokens
     assert float(padded["occ_tokens_sum"][0]) == slots

@@ -284,6 +284,10 @@ class DistConfig:
     mixed_precision: str = _f("none", "fsdp: none | bfloat16 (FSDP2 MixedPrecisionPolicy: bf16 "
                               "compute and all-gathers, fp32 gradient reduction, fp32 weights and "
                               "optimizer state; on GPUs and on CPU).")
+    reshard_after_forward: bool = _f(True, "fsdp: free each layer's gathered weights after its "
+                                     "forward and gather them again for its backward (least "
+                                     "memory); false keeps them to the backward (one all-gather "
+                                     "per micro-batch instead of two).")
     timeout_s: float = _f(600.0, "Collective timeout, seconds: a rank that dies or hangs makes the "
                           "others stop with an error within this long (torch's default is 30 "
                           "minutes).")
@@ -472,12 +476,15 @@ def config_from_dict(data: dict, where: str = "config") -> Config:
 
 def resolve_config(cfg: Config) -> None:
     """The one step that changes a config: import `train.plugins` (their registrations must exist
-    before names are checked) and turn `rollout.engine=auto` into the engine that is installed
-    (vLLM samples fastest when it is, docs/results.md)."""
+    before names are checked), turn `rollout.engine=auto` into the engine that is installed
+    (vLLM samples fastest when it is, docs/results.md), and apply what several ranks need
+    (`pivotal.distributed.resolve_for_ranks`)."""
     import_plugins(cfg.train.plugins)
     from .rollout.vllm_engine import vllm_available
     if cfg.rollout.engine == "auto":
         cfg.rollout.engine = "vllm" if vllm_available() else "transformers"
+    from .distributed import resolve_for_ranks
+    resolve_for_ranks(cfg)
 
 
 def import_plugins(modules: list[str]) -> None:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import logging
 import os
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -26,6 +27,8 @@ import torch.distributed as dist
 from torch import Tensor, nn
 
 from .errors import ConfigError, ModelLoadError
+
+log = logging.getLogger("pivotal.distributed")
 
 
 @dataclass(frozen=True)
@@ -116,6 +119,17 @@ SINGLE = Runtime()
 
 def launched_by_torchrun() -> bool:
     return int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
+def resolve_for_ranks(cfg) -> None:
+    """Under torchrun with dist.strategy=fsdp, turn `optim.share_prompt` off: that layout runs one
+    forward or two per micro-batch depending on its rows (`pivotal.logprobs.response_states`),
+    and FSDP2's per-layer all-gathers must pair up across ranks; packed rows and plain rows run
+    one forward each."""
+    if cfg.optim.share_prompt and cfg.dist.strategy == "fsdp" and launched_by_torchrun():
+        log.info("optim.share_prompt is off under dist.strategy=fsdp: its number of forwards per "
+                 "micro-batch depends on the rows, and FSDP2's all-gathers must pair up across ranks")
+        cfg.optim.share_prompt = False
 
 
 def init_runtime(device: str, timeout_s: float) -> Runtime:
@@ -228,10 +242,13 @@ def decoder_layers(model: nn.Module) -> nn.ModuleList:
 
 
 def wrap_for_training(modules: TrainedModules, runtime: Runtime, strategy: str,
-                      cpu_offload: bool = False, mixed_precision: str = "none") -> nn.Module:
+                      cpu_offload: bool = False, mixed_precision: str = "none",
+                      reshard_after_forward: bool = True) -> nn.Module:
     """DDP or FSDP2 around `modules` (in place for FSDP2); `modules` itself in one process.
     Build the optimizer from the returned module's parameters afterwards (FSDP2 replaces them
-    with sharded DTensors)."""
+    with sharded DTensors). `reshard_after_forward=False` keeps each layer's gathered weights
+    from its forward to its backward (one all-gather per micro-batch instead of two; the whole
+    weights live through each forward and backward)."""
     if not runtime.active:
         return modules
     if strategy == "ddp":
@@ -239,7 +256,18 @@ def wrap_for_training(modules: TrainedModules, runtime: Runtime, strategy: str,
         return nn.parallel.DistributedDataParallel(modules, device_ids=ids)
     if strategy != "fsdp":
         raise ConfigError(f"dist.strategy '{strategy}' is not one of: ddp, fsdp")
-    from torch.distributed.fsdp import CPUOffloadPolicy, MixedPrecisionPolicy, fully_shard
+    from torch.distributed.fsdp import fully_shard
+
+    options = fsdp_options(cpu_offload, mixed_precision)
+    for layer in decoder_layers(modules.policy):
+        fully_shard(layer, **options, reshard_after_forward=reshard_after_forward)
+    fully_shard(modules, **options)  # the root: FSDP2 keeps its weights to the backward anyway
+    return modules
+
+
+def fsdp_options(cpu_offload: bool, mixed_precision: str) -> dict:
+    """`fully_shard` keywords for dist.cpu_offload and dist.mixed_precision."""
+    from torch.distributed.fsdp import CPUOffloadPolicy, MixedPrecisionPolicy
 
     options = {}
     if cpu_offload:
@@ -247,10 +275,7 @@ def wrap_for_training(modules: TrainedModules, runtime: Runtime, strategy: str,
     if mixed_precision == "bfloat16":
         options["mp_policy"] = MixedPrecisionPolicy(param_dtype=torch.bfloat16,
                                                     reduce_dtype=torch.float32)
-    for layer in decoder_layers(modules.policy):
-        fully_shard(layer, **options)
-    fully_shard(modules, **options)
-    return modules
+    return options
 
 
 @contextlib.contextmanager
@@ -287,9 +312,21 @@ def full_tensor(t: Tensor) -> Tensor:
 @torch.no_grad()
 def copy_full_parameters(source: nn.Module, target: nn.Module) -> None:
     """target <- source's parameters and buffers, one tensor at a time: under FSDP2 each sharded
-    parameter is all-gathered alone (never more than one tensor's full value extra)."""
+    parameter is all-gathered alone (never more than one tensor's full value extra). A sharded
+    target (the FSDP2 reference) takes its shard: locally from a source sharded the same way,
+    else sliced from the whole value."""
+    from torch.distributed.tensor import DTensor, distribute_tensor
+
     dest = dict(target.named_parameters(remove_duplicate=False))
     dest.update(target.named_buffers())
     for name, value in [*source.named_parameters(), *source.named_buffers()]:
-        if name in dest:
-            dest[name].copy_(full_tensor(value))
+        if name not in dest:
+            continue
+        out = dest[name]
+        if not isinstance(out, DTensor):
+            out.copy_(full_tensor(value))
+        elif isinstance(value, DTensor) and value.placements == out.placements:
+            out.to_local().copy_(value.to_local())
+        else:  # every rank holds the whole value: each keeps its slice, nothing is sent
+            out.to_local().copy_(distribute_tensor(full_tensor(value).to(out.dtype), out.device_mesh,
+                                                   out.placements, src_data_rank=None).to_local())

@@ -245,11 +245,17 @@ def _scatter_logprobs(logits: torch.Tensor, batch: RolloutBatch, temperature: fl
     return logp, entropy
 
 
+def micro_batch_count(batch_size: int, micro_batch_size: int) -> int:
+    return -(-batch_size // micro_batch_size)
+
+
 @torch.no_grad()
 def per_token_no_grad(batch: RolloutBatch, compute, micro_batch_size: int,
-                      device: torch.device) -> dict[str, torch.Tensor]:
+                      device: torch.device, forwards: int = 0) -> dict[str, torch.Tensor]:
     """Run `compute(view) -> {name: (b, t)}` over micro-batches of `batch` on `device`, without
-    gradient; reassemble (B, T) tensors on the CPU (zero past each micro-batch's trimmed width)."""
+    gradient; reassemble (B, T) tensors on the CPU (zero past each micro-batch's trimmed width).
+    `forwards`: run `compute` at least this often, the extra calls on the first row with their
+    output dropped (a sharded model's all-gathers must pair up across ranks: `pivotal.frozen`)."""
     out: dict[str, torch.Tensor] = {}
     for start in range(0, batch.size, micro_batch_size):
         idx = torch.arange(start, min(start + micro_batch_size, batch.size))
@@ -257,16 +263,19 @@ def per_token_no_grad(batch: RolloutBatch, compute, micro_batch_size: int,
         for key, value in compute(view).items():
             out.setdefault(key, torch.zeros_like(batch.old_logprobs))
             out[key][idx, : value.shape[1]] = value.cpu()
+    for _ in range(forwards - micro_batch_count(batch.size, micro_batch_size)):
+        compute(trim_padding(batch.select(torch.arange(1))).to(device))
     return out
 
 
 def logprobs_no_grad(model, batch: RolloutBatch, temperature: float, share_prompt: bool,
-                     micro_batch_size: int, pack: bool = False) -> torch.Tensor:
-    """(B, T) log-probs of the batch's responses under `model`, micro-batched, without gradient."""
+                     micro_batch_size: int, pack: bool = False, forwards: int = 0) -> torch.Tensor:
+    """(B, T) log-probs of the batch's responses under `model`, micro-batched, without gradient
+    (`forwards` as in `per_token_no_grad`)."""
     device = next(model.parameters()).device
     return per_token_no_grad(batch, lambda view: {"logp": policy_logprobs(
         model, view, temperature, share_prompt=share_prompt, pack=pack)[0]},
-        micro_batch_size, device)["logp"]
+        micro_batch_size, device, forwards)["logp"]
 
 
 @torch.no_grad()

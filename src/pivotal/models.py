@@ -196,17 +196,19 @@ def eos_token_ids(model, tokenizer) -> list[int]:
     return sorted(i for i in ids if i is not None)
 
 
-def load_reference(spec: str, policy, tokenizer, model_cfg):
+def load_reference(spec: str, policy, tokenizer, model_cfg, device: str | None = None):
     """The frozen reference model: a copy of the initial `policy` ('initial') or the model `spec`.
 
-    model_cfg: the `model` config section (device, dtype, cache_dir, name). Another model must
-    share the policy's tokenizer, since per-token reference log-probs need one vocabulary.
+    model_cfg: the `model` config section (device, dtype, cache_dir, name); `device`, when given,
+    replaces model_cfg.device (a rank's own GPU). Another model must share the policy's
+    tokenizer, since per-token reference log-probs need one vocabulary.
     """
     import copy
 
     if spec == "initial":
         return copy.deepcopy(policy).eval().requires_grad_(False)
-    ref, ref_tokenizer = load_model(spec, model_cfg.device, model_cfg.dtype, model_cfg.cache_dir)
+    ref, ref_tokenizer = load_model(spec, device or model_cfg.device, model_cfg.dtype,
+                                    model_cfg.cache_dir)
     if tokenizer_fingerprint(ref_tokenizer) != tokenizer_fingerprint(tokenizer):
         raise ModelLoadError(f"model.reference '{spec}' has a different tokenizer from the policy "
                              f"'{model_cfg.name}': per-token reference log-probs need one "

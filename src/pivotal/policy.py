@@ -5,7 +5,8 @@ the rollout engine and the no-grad passes read, the frozen reference and the shi
 Which reference: none when nothing reads one; with LoRA and `model.reference=initial` (and no
 ratchet), the base model with the adapters switched off (`pivotal.lora.BaseModelView`: exact, no
 second copy); otherwise a frozen copy of the initial policy or another model
-(`pivotal.models.load_reference`), whole on every rank.
+(`pivotal.models.load_reference`): whole on every rank, or under FSDP2 sharded as the policy is
+(`pivotal.frozen`), as is the shift monitor's own copy of the initial policy.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from torch import nn
 from .auxiliary import build_auxiliary_losses
 from .distributed import Runtime, TrainedModules, copy_full_parameters, is_sharded, main_first, wrap_for_training
 from .errors import ConfigError
+from .frozen import ShardedFrozen
 from .lora import Adapters, apply_lora
 from .models import load_model, load_reference
 from .safety import low_precision_warning
@@ -65,18 +67,25 @@ def build_policy_models(cfg, runtime: Runtime, device: str, model=None, tokenize
     base_is_reference = adapters is not None and m.reference == "initial" and not reference_ratchets(cfg)
     # a reference model is loaded only when something reads it (a KL term or the credit)
     needs_reference = bool(reference_users(cfg))
-    ref_model = (load_reference(m.reference, model, tokenizer, m)
+    ref_model = (load_reference(m.reference, model, tokenizer, m, device)
                  if needs_reference and not base_is_reference else None)
     auxiliary = build_auxiliary_losses(cfg, model)
     if runtime.is_main and (warning := low_precision_warning(trainable_parameters(model), cfg.optim.lr,
                                                              m.dtype)):
         log.warning(warning)
     trained = wrap_for_training(TrainedModules(model, auxiliary), runtime, cfg.dist.strategy,
-                                cfg.dist.cpu_offload, cfg.dist.mixed_precision)
+                                cfg.dist.cpu_offload, cfg.dist.mixed_precision,
+                                cfg.dist.reshard_after_forward)
     # the whole policy the engine and the no-grad passes read: the policy itself, or under FSDP2 a
     # replica (its weights are refreshed from the shards before every rollout)
     whole_policy, whole_adapters = model, adapters
+    shard_frozen = None
     if is_sharded(trained):
+        def shard_frozen(frozen: nn.Module) -> ShardedFrozen:
+            return ShardedFrozen(frozen, cfg.dist.cpu_offload, cfg.dist.mixed_precision)
+
+        if ref_model is not None:
+            ref_model = shard_frozen(ref_model)
         whole_policy = load_model(m.name, device, m.dtype, m.cache_dir, seed=cfg.train.seed)[0]
         with torch.random.fork_rng():  # same layout as the policy; its values are copied over
             whole_adapters = apply_lora(whole_policy, m.lora)
@@ -87,7 +96,7 @@ def build_policy_models(cfg, runtime: Runtime, device: str, model=None, tokenize
         ref_model = base_view
     shift_monitor = build_shift_monitor(cfg.train, whole_policy, ref_model,
                                         m.reference == "initial" and not reference_ratchets(cfg),
-                                        initial=base_view)
+                                        initial=base_view, prepare_copy=shard_frozen)
     return PolicyModels(model, tokenizer, adapters, auxiliary, trained, whole_policy, ref_model,
                         shift_monitor)
 

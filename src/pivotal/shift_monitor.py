@@ -81,14 +81,18 @@ class ShiftMonitor:
         return out
 
 
-def build_shift_monitor(train_cfg, model, reference, reference_is_initial: bool, initial=None):
+def build_shift_monitor(train_cfg, model, reference, reference_is_initial: bool, initial=None,
+                        prepare_copy=None):
     """The monitor when `train.shift_monitor` is on (else None). It reuses the frozen reference
     when that is the initial policy and never moves; otherwise it reads `initial` (a free view of
-    the initial policy: LoRA's base model) or keeps its own frozen copy of `model`."""
+    the initial policy: LoRA's base model) or keeps its own frozen copy of `model`, passed
+    through `prepare_copy` (under FSDP2: sharded, `pivotal.frozen`)."""
     if not train_cfg.shift_monitor:
         return None
     if reference is not None and reference_is_initial:
         return ShiftMonitor(reference, train_cfg.shift_monitor_rows, train_cfg.shift_thresholds, True)
     if initial is None:
         initial = copy.deepcopy(model).eval().requires_grad_(False)
+        if prepare_copy is not None:
+            initial = prepare_copy(initial)
     return ShiftMonitor(initial, train_cfg.shift_monitor_rows, train_cfg.shift_thresholds, False)

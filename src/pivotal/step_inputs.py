@@ -26,9 +26,11 @@ from .algos.credit import DIVERGENCE_INPUT
 from .algos.objective import rollout_correction_of
 from .algos.self_distill import CONTEXT_LOGPROBS_KEY
 from .batch import ADVANTAGE_WEIGHT_KEY, RolloutBatch
+from .distributed import SINGLE
 from .divergence import response_divergences
+from .frozen import ShardedFrozen, run_frozen
 from .hints import context_batch
-from .logprobs import logprobs_no_grad, per_token_no_grad, policy_token_stats
+from .logprobs import logprobs_no_grad, micro_batch_count, per_token_no_grad, policy_token_stats
 
 
 class StepInputs:
@@ -36,8 +38,9 @@ class StepInputs:
     recomputed pi_old, the KL reward penalty, advantages and token weights.
 
     `model` is a whole (unsharded) copy of the current policy: under FSDP2 the rollout replica,
-    whose weights were refreshed before this step's rollout. With data parallelism, an advantage
-    estimator with batch-level statistics gets `runtime.sum` as its `all_ranks` keyword.
+    whose weights were refreshed before this step's rollout; the reference and the shift
+    monitor's initial copy are then sharded (`pivotal.frozen`). With data parallelism, an
+    advantage estimator with batch-level statistics gets `runtime.sum` as its `all_ranks` keyword.
     """
 
     def __init__(self, cfg, model, ref_model, shift_monitor, runtime=None):
@@ -54,14 +57,24 @@ class StepInputs:
         if (runtime is not None and runtime.active
                 and "all_ranks" in inspect.signature(self.advantage).parameters):
             self.advantage_options["all_ranks"] = runtime.sum
+        self.runtime = runtime if runtime is not None else SINGLE
         self.device = next(model.parameters()).device
         self._trained = None  # the last filled batch's trained rows (B,) bool, or None: all
 
     def logprobs(self, model, batch: RolloutBatch) -> torch.Tensor:
-        """(B, T) no-grad log-probs of the batch's responses under `model`, micro-batched."""
-        optim = self.cfg.optim
-        return logprobs_no_grad(model, batch, self.cfg.rollout.temperature, optim.share_prompt,
-                                optim.micro_batch_size, optim.pack_responses)
+        """(B, T) no-grad log-probs of the batch's responses under `model` (plain or a sharded
+        frozen model), micro-batched."""
+        optim, forwards = self.cfg.optim, self._forwards(model, batch)
+        return run_frozen(model, lambda m: logprobs_no_grad(
+            m, batch, self.cfg.rollout.temperature, optim.share_prompt, optim.micro_batch_size,
+            optim.pack_responses, forwards))
+
+    def _forwards(self, model, batch: RolloutBatch) -> int:
+        """How many micro-batch forwards every rank runs through a sharded frozen `model` (the
+        most any rank has, so that their all-gathers pair up); 0 for a plain model."""
+        if not isinstance(model, ShardedFrozen):
+            return 0
+        return self.runtime.max_int(micro_batch_count(batch.size, self.cfg.optim.micro_batch_size))
 
     def policy_stats(self, batch: RolloutBatch) -> dict[str, torch.Tensor]:
         """The "policy_stats" advantage input: the current (old) policy's log-probs and
@@ -88,9 +101,12 @@ class StepInputs:
             batch.extras[CONTEXT_LOGPROBS_KEY] = self.logprobs(self.model, context_batch(batch, 0))
             metrics["time_context_logprobs"] = time.perf_counter() - t0
         if self.divergence_kinds:  # per-token divergence: old policy vs the frozen reference
-            divergences = per_token_no_grad(batch, lambda view: response_divergences(
-                self.model, self.ref_model, view, temperature=cfg.rollout.temperature,
-                share_prompt=cfg.optim.share_prompt), cfg.optim.micro_batch_size, self.device)
+            forwards = self._forwards(self.ref_model, batch)
+            divergences = run_frozen(self.ref_model, lambda ref: per_token_no_grad(
+                batch, lambda view: response_divergences(
+                    self.model, ref, view, temperature=cfg.rollout.temperature,
+                    share_prompt=cfg.optim.share_prompt),
+                cfg.optim.micro_batch_size, self.device, forwards))
             batch.divergence = divergences[self.divergence_kinds[0]]
         stats = self.policy_stats(batch) if "policy_stats" in self.advantage_inputs else None
         if cfg.algo.old_logprobs == "recompute":  # the stats pass gives the same log-probs

@@ -52,6 +52,7 @@ from .distributed import (
 from .errors import CheckpointError, NonFiniteError
 from .evaluation import evaluate, merge_eval_summaries
 from .export import export_checkpoint
+from .frozen import frozen_module, frozen_state_dict, load_frozen_state_dict
 from .hints import build_hint_stage
 from .interrupts import GracefulInterrupts, RunInterrupted
 from .labeling import build_active_labels
@@ -193,7 +194,7 @@ class Trainer(SamplingRounds):
         (no second model, nothing leaks across ratchets). Returns 1 if done, 0 without one."""
         if self.ref_model is None:
             return 0
-        copy_full_parameters(self.model, self.ref_model)
+        copy_full_parameters(self.model, frozen_module(self.ref_model))
         return 1
 
     def evaluate(self, tag: str = "eval") -> dict:
@@ -243,7 +244,7 @@ class Trainer(SamplingRounds):
         if self.active_labels is not None:  # a stateful selector's state (CARE's probes)
             state["label_selector"] = self.active_labels.state_dict()
         if self.ref_model is not None and reference_ratchets(self.cfg):  # the reference moved: keep it
-            state["reference"] = {k: v.detach().cpu() for k, v in self.ref_model.state_dict().items()}
+            state["reference"] = frozen_state_dict(self.ref_model)  # sharded: all ranks gather
         if rt.active:  # the auxiliary heads are in the DCP shards with the policy
             return sharded.save_sharded(self.ckpt_dir, self.step, unwrapped(self.trained),
                                         self.optimizer, state, {"rng": ckpt.rng_state()},
@@ -287,7 +288,7 @@ class Trainer(SamplingRounds):
             self.optimizer.load_state_dict(state["optimizer"])
             ckpt.set_rng_state(state["rng"])
         if "reference" in state and self.ref_model is not None:
-            self.ref_model.load_state_dict(state["reference"])
+            load_frozen_state_dict(self.ref_model, state["reference"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.step, self.cursor = state["step"], state["cursor"]
         self.history = state.get("history", {})

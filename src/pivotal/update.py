@@ -137,11 +137,12 @@ class PolicyUpdate:
                                               else mini.response_lengths, stable=True)
                 micros = [trim_padding(mini.select(idx)).to(self.device)
                           for idx in order_in_mini.split(cfg.optim.micro_batch_size)]
-                aux_stats = [rt.reduce_statistics(aux.minibatch_statistics(self.model, micros, on_policy))
-                             for aux in self.auxiliary]
                 n_real, n_micro = len(micros), rt.max_int(len(micros))
                 if not micros:  # this rank has no rows here: one row of the batch, weight 0
                     micros = [trim_padding(batch.select(order[:1])).to(self.device)]
+                padded = [micros[min(i, len(micros) - 1)] for i in range(n_micro)]
+                aux_stats = [rt.reduce_statistics(aux.minibatch_statistics(
+                    self.trained, padded, n_real, on_policy)) for aux in self.auxiliary]
                 dropped_rows += self._drop_rows(micros, n_real, n_micro, on_policy)
                 tokens, seqs = rt.sum_floats(sum(
                     loss_mask(m.response_mask, m.token_weights).sum().item() for m in micros[:n_real]),
@@ -149,8 +150,7 @@ class PolicyUpdate:
                 totals = Totals(tokens=max(tokens, 1.0), seqs=int(seqs),
                                 max_len=cfg.rollout.max_new_tokens)
                 finite_loss = True
-                for i in range(n_micro):
-                    micro = micros[min(i, len(micros) - 1)]
+                for i, micro in enumerate(padded):
                     with gradient_sync(self.trained, i == n_micro - 1):
                         m, finite = self._micro_step(micro, on_policy, totals, credit_stats,
                                                      aux_stats, mismatch, padding=i >= n_real)

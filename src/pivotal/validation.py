@@ -231,10 +231,6 @@ def _check_dist(cfg: Config) -> None:
         raise ConfigError(f"rollout.prompts_per_step={cfg.rollout.prompts_per_step} does not "
                           f"split over {world} ranks: each rank samples whole groups, so it must "
                           f"be a multiple of the world size")
-    if world > 1 and d.strategy == "fsdp" and cfg.algo.mtp_heads:
-        raise ConfigError("algo.mtp_heads (OCC) with dist.strategy=fsdp is not supported yet: its "
-                          "mini-batch statistics run the sharded policy outside the training "
-                          "forward; use dist.strategy=ddp")
 
 
 def _check_lora(cfg: Config) -> None:

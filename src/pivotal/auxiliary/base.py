@@ -31,9 +31,14 @@ class AuxiliaryLoss(nn.Module):
     checkpoint_key: str = ""
     needs_hidden_states: bool = False
 
-    def minibatch_statistics(self, model, micro_batches: list[RolloutBatch],
+    def minibatch_statistics(self, run, micro_batches: list[RolloutBatch], n_real: int,
                              on_policy: bool) -> dict[str, Tensor]:
-        """Statistics over the whole mini-batch (names end in _sum / _max, as credit statistics)."""
+        """Statistics over the mini-batch's first `n_real` micro-batches (names end in _sum /
+        _max, as credit statistics). `run(fn)` calls `fn(policy)` inside the trained wrapper's
+        forward, where DDP and FSDP2 expect every use of a trained parameter (FSDP2 all-gathers
+        there); a loss that runs the policy does so once per entry of `micro_batches` (every rank
+        has the same number; a rank's extra entries repeat its last), so that the ranks'
+        collectives pair up."""
         return {}
 
     def checkpoint_state(self) -> dict[str, Tensor]:

@@ -172,21 +172,28 @@ class OCCHeads(AuxiliaryLoss):
                             micro.response_mask, self.temperature)
 
     @torch.no_grad()
-    def minibatch_statistics(self, model, micro_batches: list[RolloutBatch],
+    def minibatch_statistics(self, run, micro_batches: list[RolloutBatch], n_real: int,
                              on_policy: bool) -> dict[str, Tensor]:
-        """The sums and counts of c_k over the mini-batch; none on policy (then c_k = 0)."""
+        """The sums and counts of c_k over the first `n_real` micro-batches; none on policy (then
+        c_k = 0). One no-grad forward per entry of `micro_batches`, inside `run`."""
         if on_policy:
             return {}
-        sums, counts = 0.0, 0.0
-        for micro in micro_batches:
-            states = response_hidden_states(model, micro, self.share_prompt, self.pack)
-            logp, _ = logprobs_from_states(model, states, micro, self.temperature)
-            head_lp, head_mask = self._head_logprobs(model, states, micro)
-            s, n = occ_sums(head_lp, logp, micro.old_logprobs, head_mask)
-            if self.normaliser == "padded":  # every row padded to the rollout's length
-                n = torch.full_like(n, float(micro.size * self.padded_length))
-            sums, counts = sums + s, counts + n
+        sums = counts = None
+        for i, micro in enumerate(micro_batches):
+            s, n = run(lambda policy, m=micro: self._micro_sums(policy, m))
+            if i >= n_real:  # a padding forward: nothing to count (zeros keep the shapes)
+                s, n = torch.zeros_like(s), torch.zeros_like(n)
+            sums, counts = (s, n) if sums is None else (sums + s, counts + n)
         return {"occ_numerator_sum": sums, "occ_tokens_sum": counts}
+
+    def _micro_sums(self, model, micro: RolloutBatch) -> tuple[Tensor, Tensor]:
+        states = response_hidden_states(model, micro, self.share_prompt, self.pack)
+        logp, _ = logprobs_from_states(model, states, micro, self.temperature)
+        head_lp, head_mask = self._head_logprobs(model, states, micro)
+        s, n = occ_sums(head_lp, logp, micro.old_logprobs, head_mask)
+        if self.normaliser == "padded":  # every row padded to the rollout's length
+            n = torch.full_like(n, float(micro.size * self.padded_length))
+        return s, n
 
     def term(self, model, states, micro, logprobs, old_logprobs, stats):
         head_lp, head_mask = self._head_logprobs(model, states, micro)
