@@ -12,7 +12,7 @@ from pivotal import checkpoint as ckpt
 from pivotal.config import LoraConfig
 from pivotal.errors import CheckpointError, ConfigError, ModelLoadError
 from pivotal.logprobs import logprobs_no_grad
-from pivotal.lora import BaseModelView, apply_lora, merged_weights
+from pivotal.lora import BaseModelView, adapter_files, apply_lora, base_weights, merged_weights
 from pivotal.metrics import read_metrics
 from pivotal.models import load_model
 from pivotal.trainer import Trainer
@@ -56,6 +56,37 @@ def test_merged_weights_and_the_base_view_are_exact():
         torch.testing.assert_close(merged(ids).logits, adapted, rtol=0, atol=2e-5)
     assert all(p.requires_grad for n, p in model.named_parameters() if ".lora_" in n)
     assert not any(p.requires_grad for n, p in model.named_parameters() if ".lora_" not in n)
+
+
+def test_the_adapter_files_pushed_to_servers_are_peft_s_and_the_base_is_untouched(tmp_path):
+    """What the lora route of vllm_server pushes: the adapters written from the injected model
+    (no PeftModel needed) are peft's own files, which PeftModel.from_pretrained puts on the base
+    weights that route starts a server with, giving the policy's logits."""
+    from peft import PeftModel
+
+    from pivotal.rollout.weight_files import write_adapter_dir
+    model, _ = load_model("tiny-random", seed=0)
+    plain = copy.deepcopy(model)
+    adapters = apply_lora(model, LoraConfig(r=4, alpha=8))
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.1)
+    tensors, config = adapter_files(model)
+    expected = adapters.state_dict()
+    assert tensors.keys() == expected.keys()
+    for name, value in expected.items():
+        torch.testing.assert_close(tensors[name], value, rtol=0, atol=0)
+    base = dict(base_weights(model))
+    assert base.keys() == plain.state_dict().keys()
+    for name, value in plain.state_dict().items():
+        torch.testing.assert_close(base[name], value, rtol=0, atol=0)
+    path, nbytes = write_adapter_dir(tensors, config, tmp_path, 2)
+    assert path.name == "v000002" and nbytes == sum(t.numel() * 4 for t in tensors.values())
+    served = PeftModel.from_pretrained(plain, str(path)).eval()
+    ids = torch.randint(0, 1000, (2, 9))
+    with torch.no_grad():
+        torch.testing.assert_close(served(ids).logits, model(ids).logits, rtol=0, atol=0)
 
 
 def test_lora_trains_only_the_adapters_against_the_base_and_exports(tmp_path):

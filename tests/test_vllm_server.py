@@ -153,6 +153,36 @@ def test_two_grpo_steps_push_weights_and_a_killed_server_is_named(tmp_path):
     assert engine.local is None and not list((tmp_path / "vllm_weights").iterdir())
 
 
+def test_lora_adapters_on_the_server_follow_the_trainer(tmp_path):
+    """rollout.server_weight_sync=lora: the server starts on the base weights and applies the
+    policy's adapters itself; each push moves only the adapters, and the server then scores a
+    fixed batch as the trainer's adapted policy does (which the base no longer does)."""
+    from pivotal.trainer import Trainer
+    cfg = load_config(None, [
+        *SERVER, f"train.output_dir={tmp_path}", "train.steps=2", "train.eval_before_after=false",
+        "rollout.prompts_per_step=2", "rollout.group_size=4", "rollout.max_new_tokens=24",
+        "task.options={levels: [{ops: ['+'], digits: 1}]}", "model.lora.r=8",
+        "model.lora.alpha=16", "optim.lr=1e-2", "rollout.server_weight_sync=lora",
+        "train.tensorboard=false", "train.save_every=0"])
+    trainer = Trainer(cfg, progress=False)
+    engine = trainer.engine
+    try:
+        fixed, _ = engine.generate(_prompts(trainer.tokenizer), 2, SamplingParams(16), seed=9)
+        trainer.train()
+        rows = read_metrics(tmp_path / "metrics.jsonl")
+        assert rows[1]["sampler_logprob_diff_max"] < TOLERANCE
+        assert 1e6 < rows[1]["sync_bytes"] < 20e6  # r=8 adapters, not the 538 MB model
+        trainer.sync_engine()
+        assert _server_gap(engine, trainer.model, fixed) < TOLERANCE
+        base = trainer.adapters.base_view()
+        assert _server_gap(engine, base, fixed) > 20 * TOLERANCE  # the adapters act
+        pushed = list((tmp_path / "vllm_weights").iterdir())
+        assert len(pushed) == 1 and (pushed[0] / "adapter_config.json").exists()
+    finally:
+        trainer.close()
+    assert engine.local is None and not list((tmp_path / "vllm_weights").iterdir())
+
+
 def test_a_killed_trainer_leaves_no_server_behind(tmp_path):
     """SIGKILL runs no Python cleanup: the kernel's parent-death signal stops the server."""
     script = (
@@ -192,18 +222,20 @@ def _group_alive(pgid: int) -> bool:
     return False
 
 
-def test_two_ranks_train_lora_on_one_server(tmp_path):
-    """`pivotal train --nproc 2` with a LoRA policy: rank 0 starts the server and pushes the merged
-    weights, both ranks sample from it, and each step's sampler/trainer gap stays numerical."""
+@pytest.mark.parametrize("route, pushed", [("filesystem", 500e6), ("lora", 1e6)])
+def test_two_ranks_train_lora_on_one_server(tmp_path, route, pushed):
+    """`pivotal train --nproc 2` with a LoRA policy: rank 0 starts the server and pushes (the
+    merged weights, or the adapters alone), both ranks sample from it, and each step's
+    sampler/trainer gap stays numerical."""
     out = tmp_path / "run"
     command = [sys.executable, "-m", "pivotal", "train", "--nproc", "2", "--quiet", *SERVER,
                f"train.output_dir={out}", "train.steps=2", "train.eval_before_after=false",
                "train.save_every=0", "train.tensorboard=false", "rollout.max_new_tokens=24",
                "rollout.prompts_per_step=2", "rollout.group_size=4", "model.lora.r=8",
-               "optim.lr=1e-3", "dist.timeout_s=300"]
+               "optim.lr=1e-3", "dist.timeout_s=300", f"rollout.server_weight_sync={route}"]
     done = subprocess.run(command, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     rows = read_metrics(out / "metrics.jsonl")
     assert len(rows) == 2 and all(r["sampler_logprob_diff_max"] < TOLERANCE for r in rows)
-    assert rows[1]["sync_bytes"] > 500e6 and rows[1]["time_sync"] > 0
+    assert pushed < rows[1]["sync_bytes"] < 20 * pushed and rows[1]["time_sync"] > 0
     assert not list((out / "vllm_weights").iterdir())  # the run removed what it pushed

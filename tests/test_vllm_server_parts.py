@@ -28,7 +28,7 @@ def http_server():
             length = int(self.headers.get("Content-Length") or 0)
             state["requests"].append((self.command, self.path, self.rfile.read(length)))
             status, body = state["replies"].pop(0) if state["replies"] else (200, {"ok": True})
-            data = json.dumps(body).encode()
+            data = body if isinstance(body, bytes) else json.dumps(body).encode()  # bytes: as is
             self.send_response(status)
             self.send_header("Content-Type", "application/json")
             self.send_header("Content-Length", str(len(data)))
@@ -152,7 +152,28 @@ def test_the_worker_extension_loads_a_version_and_falls_back_when_one_is_bad(tmp
     (["rollout.server_urls=['http://10.0.0.5:8000']"], "set rollout.engine=vllm_server"),
     (["rollout.engine=vllm_server", "rollout.server_weight_sync=rsync"], "not one of: filesystem"),
     (["rollout.engine=vllm_server", "rollout.server_retries=-1"], "server_retries"),
+    (["rollout.engine=vllm_server", "rollout.server_weight_sync=lora"], "model.lora.r is 0"),
 ])
 def test_bad_server_settings_are_named(overrides, message):
     with pytest.raises(ConfigError, match=message):
         load_config(None, overrides)
+
+
+def test_the_lora_route_asks_the_server_for_the_policy_s_rank():
+    from pivotal.config import LoraConfig
+    from pivotal.lora import apply_lora
+    from pivotal.models import load_model
+    from pivotal.rollout.weight_sync import LoraAdapterSync
+    model, _ = load_model("tiny-random", seed=0)
+    with pytest.raises(ConfigError, match="has none"):
+        LoraAdapterSync.serve_args(model)
+    apply_lora(model, LoraConfig(r=12))
+    assert LoraAdapterSync.serve_args(model) == ["--enable-lora", "--max-loras", "1",
+                                                 "--max-lora-rank", "16"]
+
+
+def test_a_plain_text_reply_is_not_a_json_error(http_server):
+    """vLLM's /v1/load_lora_adapter answers 200 with plain text."""
+    http_server["replies"].append((200, b"Success: LoRA adapter loaded"))
+    reply = ServerClient(http_server["url"]).post("/v1/load_lora_adapter", {})
+    assert reply == {"text": "Success: LoRA adapter loaded"}

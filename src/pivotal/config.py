@@ -100,8 +100,10 @@ class RolloutConfig:
                            "prompts are spread over them. Empty: pivotal starts one on this "
                            "machine and stops it when the run ends.")
     server_weight_sync: str = _f("filesystem", "vllm_server: how new weights reach the servers: "
-                                 "filesystem (safetensors in server_weight_dir, loaded by the "
-                                 "worker extension).")
+                                 "filesystem (every weight, LoRA merged in, as safetensors in "
+                                 "server_weight_dir, loaded by the worker extension) | lora "
+                                 "(model.lora.r > 0: only the adapters, which the servers apply "
+                                 "through vLLM's LoRA support).")
     server_weight_dir: str | None = _f(None, "vllm_server: directory for the pushed weights, "
                                        "readable by every server (default <output_dir>/"
                                        "vllm_weights); only the latest version is kept.")

@@ -137,7 +137,6 @@ class BaseModelView:
         return value
 
 
-@torch.no_grad()
 def merged_weights(model: nn.Module) -> Iterator[tuple[str, torch.Tensor]]:
     """The policy's weights as a plain Hugging Face model names them, each LoRA layer's weight
     merged (W + delta), one tensor at a time; a model without adapters: its state dict.
@@ -145,6 +144,17 @@ def merged_weights(model: nn.Module) -> Iterator[tuple[str, torch.Tensor]]:
     Out of place: the training weights are never touched, unlike peft's merge/unmerge round trip,
     whose W + delta - delta drifts from W in floating point after every sync.
     """
+    return _plain_weights(model, merge=True)
+
+
+def base_weights(model: nn.Module) -> Iterator[tuple[str, torch.Tensor]]:
+    """The frozen base model's weights (W, adapters left out) under plain Hugging Face names:
+    what a vLLM server that applies the adapters itself serves."""
+    return _plain_weights(model, merge=False)
+
+
+@torch.no_grad()
+def _plain_weights(model: nn.Module, merge: bool) -> Iterator[tuple[str, torch.Tensor]]:
     for name, tensor in model.state_dict().items():
         if ".lora_" in name:
             continue
@@ -156,11 +166,29 @@ def merged_weights(model: nn.Module) -> Iterator[tuple[str, torch.Tensor]]:
         owner, leaf = name.rsplit(".base_layer.", 1)
         plain = f"{owner}.{leaf}"
         layer = model.get_submodule(owner)
-        if leaf == "weight" and isinstance(layer, LoraLayer) and not layer.merged:
+        if merge and leaf == "weight" and isinstance(layer, LoraLayer) and not layer.merged:
             delta = sum(layer.get_delta_weight(a) for a in layer.active_adapters if a in layer.lora_A)
             yield plain, tensor.detach() + delta
         else:
             yield plain, tensor.detach()
+
+
+def has_adapters(model: nn.Module) -> bool:
+    """Whether `model` carries peft's LoRA layers (the policy of a run with model.lora.r > 0)."""
+    return ADAPTER_NAME in (getattr(model, "peft_config", None) or {})
+
+
+@torch.no_grad()
+def adapter_files(model: nn.Module) -> tuple[dict[str, torch.Tensor], object]:
+    """The adapters injected into `model` as peft saves them: (tensors under peft's file names,
+    `base_model.model.` + the module path, copied to the CPU; the LoraConfig). What
+    `Adapters.save` writes, taken from the injected model itself (a rollout replica under FSDP2
+    has no PeftModel of its own)."""
+    from peft import get_peft_model_state_dict
+
+    tensors = get_peft_model_state_dict(model, adapter_name=ADAPTER_NAME)
+    return ({f"base_model.model.{k}": v.detach().to("cpu").contiguous() for k, v in tensors.items()},
+            model.peft_config[ADAPTER_NAME])
 
 
 def merged_model(adapters: Adapters) -> nn.Module:

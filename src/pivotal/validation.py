@@ -102,7 +102,7 @@ def validate_config(cfg: Config) -> None:
     if cfg.rollout.engine not in ("auto", "transformers", "vllm", "vllm_server"):
         raise ConfigError(f"rollout.engine '{cfg.rollout.engine}' is not one of: auto, "
                           f"transformers, vllm, vllm_server")
-    _check_servers(cfg.rollout)
+    _check_servers(cfg.rollout, cfg.model)
     from .rollout.vllm_engine import VLLM_INSTALL_HINT, vllm_available
     if cfg.rollout.engine == "vllm":
         if not vllm_available():
@@ -346,10 +346,12 @@ def _dry_advantage_inputs(estimator, options: dict, logprobs, mask) -> dict:
     return extra
 
 
-def _check_servers(rollout) -> None:
-    """rollout.server_*: URLs that parse, a known weight route, lists where lists belong."""
+def _check_servers(rollout, model) -> None:
+    """rollout.server_*: URLs that parse, a known weight route (the lora route for a LoRA
+    policy), lists where lists belong."""
     from urllib.parse import urlparse
 
+    from .lora import lora_enabled
     from .rollout.weight_sync import WEIGHT_SYNC_ROUTES
     for key in ("server_urls", "server_args"):
         if not isinstance(getattr(rollout, key), list):
@@ -361,6 +363,10 @@ def _check_servers(rollout) -> None:
     if rollout.server_weight_sync not in WEIGHT_SYNC_ROUTES:
         raise ConfigError(f"rollout.server_weight_sync '{rollout.server_weight_sync}' is not one "
                           f"of: {', '.join(WEIGHT_SYNC_ROUTES)}")
+    if rollout.server_weight_sync == "lora" and not lora_enabled(model.lora):
+        raise ConfigError("rollout.server_weight_sync=lora pushes LoRA adapters, and model.lora.r "
+                          "is 0 (full fine-tuning): set model.lora.r > 0, or use "
+                          "server_weight_sync=filesystem")
     if rollout.server_urls and rollout.engine != "vllm_server":
         raise ConfigError(f"rollout.server_urls is set but rollout.engine is "
                           f"'{rollout.engine}'; set rollout.engine=vllm_server to use them")

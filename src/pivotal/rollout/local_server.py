@@ -68,18 +68,21 @@ def _die_with_parent() -> None:  # runs in the child between fork and exec
 class LocalServer:
     """A started server: `url`, `stop()`; `log_path` holds its output."""
 
-    def __init__(self, command: list[str], log_path: Path, startup_timeout_s: float = 900.0):
+    def __init__(self, command: list[str], log_path: Path, startup_timeout_s: float = 900.0,
+                 env: dict[str, str] | None = None):
+        """`env`: variables the server needs beyond the trainer's environment."""
         self.log_path = Path(log_path)
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         port = int(command[command.index("--port") + 1])
         self.url = f"http://127.0.0.1:{port}"
-        env = {k: v for k, v in os.environ.items() if k not in LAUNCHER_VARIABLES
-               and not k.startswith("TORCHELASTIC_")}
-        env["VLLM_SERVER_DEV_MODE"] = "1"
+        server_env = {k: v for k, v in os.environ.items() if k not in LAUNCHER_VARIABLES
+                      and not k.startswith("TORCHELASTIC_")}
+        server_env.update({"VLLM_SERVER_DEV_MODE": "1", **(env or {})})
         with open(self.log_path, "ab") as log:
             # its own session and process group, so stop() reaches the engine-core children too
-            self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env,
-                                            start_new_session=True, preexec_fn=_die_with_parent)
+            self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT,
+                                            env=server_env, start_new_session=True,
+                                            preexec_fn=_die_with_parent)
         atexit.register(self.stop)
         self._wait_ready(startup_timeout_s)
 

@@ -24,7 +24,8 @@ class ServerClient:
 
     def call(self, method: str, route: str, payload: dict | None = None,
              timeout_s: float | None = None, retries: int | None = None) -> dict:
-        """`method` (GET/POST) `route` with a JSON body; the reply's JSON ({} when empty)."""
+        """`method` (GET/POST) `route` with a JSON body; the reply's JSON ({} when empty,
+        {"text": ...} when it is not JSON, as /v1/load_lora_adapter's plain-text success)."""
         retries = self.retries if retries is None else retries
         where = f"vLLM server {self.url}{route}"
         reason = ""
@@ -46,7 +47,12 @@ class ServerClient:
             if reply.status_code >= 400:
                 raise RolloutServerError(f"{where} refused the request: HTTP {reply.status_code}: "
                                          f"{reply.text[:500]}")
-            return reply.json() if reply.content else {}
+            if not reply.content:
+                return {}
+            try:
+                return reply.json()
+            except ValueError:
+                return {"text": reply.text}
         tries = f"{retries + 1} attempt" + ("s" if retries else "")
         raise RolloutServerError(f"{where} failed after {tries}: {reason}")
 

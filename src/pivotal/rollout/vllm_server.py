@@ -27,7 +27,6 @@ from pathlib import Path
 from pivotal.batch import RolloutBatch
 from pivotal.distributed import SINGLE, Runtime
 from pivotal.errors import ConfigError, RolloutServerError
-from pivotal.lora import merged_weights
 from pivotal.models import eos_token_ids
 from pivotal.rollout.base import SamplingParams, assemble_batch
 from pivotal.rollout.local_server import LocalServer, free_port, serve_command
@@ -53,25 +52,28 @@ class VLLMServerEngine:
         self.local: LocalServer | None = None
         self.version = 0
         weight_root = Path(rollout_cfg.server_weight_dir or Path(output_dir) / "vllm_weights")
+        route = WEIGHT_SYNC_ROUTES[rollout_cfg.server_weight_sync]
         urls = list(rollout_cfg.server_urls)
         if not urls:  # a local run: rank 0 starts a server on the policy as it is now
-            url = self._start_local(model, tokenizer, rollout_cfg, weight_root, Path(output_dir),
-                                    seed) if runtime.is_main else None
+            url = self._start_local(model, tokenizer, rollout_cfg, route, weight_root,
+                                    Path(output_dir), seed) if runtime.is_main else None
             urls = [runtime.broadcast(url)]
         self.clients = [ServerClient(u, rollout_cfg.server_timeout_s, rollout_cfg.server_retries)
                         for u in urls]
-        self.route = WEIGHT_SYNC_ROUTES[rollout_cfg.server_weight_sync](self.clients, weight_root)
+        self.route = route(self.clients, weight_root)
         self.pool = ThreadPoolExecutor(max_workers=MAX_CONCURRENT_REQUESTS)
         for client in self.clients:
             client.model_name()  # fails now, naming the URL, if a server is unreachable
-        if rollout_cfg.server_urls:  # servers the user started hold whatever weights they loaded
-            self.sync_weights(model)  # (on every rank: all wait for rank 0's push)
+        if rollout_cfg.server_urls or self.route.push_after_start:
+            # servers the user started hold whatever weights they loaded, and a local server of
+            # the lora route the base alone (on every rank: all wait for rank 0's push)
+            self.sync_weights(model)
 
-    def _start_local(self, model, tokenizer, cfg, weight_root: Path, output_dir: Path,
+    def _start_local(self, model, tokenizer, cfg, route, weight_root: Path, output_dir: Path,
                      seed: int) -> str:
         from pivotal.rollout.vllm_engine import _drop_quantization
 
-        path, _, _ = write_weight_dir(merged_weights(model), weight_root, 0)
+        path, _, _ = write_weight_dir(route.served_weights(model), weight_root, 0)
         config = model.get_base_model().config if hasattr(model, "get_base_model") else model.config
         config.save_pretrained(path)
         tokenizer.save_pretrained(path)
@@ -79,15 +81,16 @@ class VLLMServerEngine:
         dtype = str(next(model.parameters()).dtype).removeprefix("torch.")
         command = serve_command(cfg.server_python or sys.executable, str(path.resolve()), free_port(),
                                 dtype, cfg.vllm_max_model_len, cfg.vllm_kv_cache_gb, seed,
-                                list(cfg.server_args))
+                                route.serve_args(model) + list(cfg.server_args))
         self.local = LocalServer(command, output_dir / "vllm_server.log",
-                                 startup_timeout_s=cfg.server_startup_timeout_s)
+                                 startup_timeout_s=cfg.server_startup_timeout_s,
+                                 env=route.serve_env)
         return self.local.url
 
     # ------------------------------------------------------------------ weights
     def sync_weights(self, model) -> None:
-        """Push the policy's weights (LoRA merged in) to every server; every rank returns only
-        once they are live, and raises if the push failed."""
+        """Push the policy's weights (LoRA merged in, or the adapters alone on the lora route) to
+        every server; every rank returns only once they are live, and raises if the push failed."""
         t0 = time.perf_counter()
         self.version += 1
         failure, nbytes = None, 0
@@ -130,7 +133,7 @@ class VLLMServerEngine:
                   params: SamplingParams, seed: int | None) -> list[tuple[list[int], list[float]]]:
         greedy = params.temperature <= 0
         payload = {
-            "model": client.model_name(), "prompt": prompt_ids, "n": n,
+            "model": self.route.request_model(client), "prompt": prompt_ids, "n": n,
             "max_tokens": params.max_new_tokens, "temperature": 0.0 if greedy else params.temperature,
             "top_p": params.top_p, "top_k": params.top_k if params.top_k > 0 else -1,
             "seed": seed, "logprobs": 0, "return_token_ids": True,
@@ -160,7 +163,7 @@ class VLLMServerEngine:
         def one(i: int, seq: list[int]) -> list[float]:
             client = self.clients[i % len(self.clients)]
             reply = client.post("/v1/completions", {
-                "model": client.model_name(), "prompt": seq, "max_tokens": 1,
+                "model": self.route.request_model(client), "prompt": seq, "max_tokens": 1,
                 "temperature": temperature, "prompt_logprobs": 0})
             positions = reply["choices"][0]["prompt_logprobs"][1:]
             return [float(pos[str(tok)]["logprob"]) for pos, tok in zip(positions, seq[1:])]

@@ -1,8 +1,10 @@
-"""Weight directories for the filesystem route of `rollout.engine=vllm_server`.
+"""Weight directories for the routes of `rollout.engine=vllm_server`.
 
-The trainer writes each version of the policy's weights as safetensors shards plus an index
-(`pivotal_weights.json`: the shard files and the tensor count) into `<root>/v<version>`, which the
-servers' worker extension (`pivotal.rollout.vllm_worker`) loads. A version is staged in a hidden
+The filesystem route: the trainer writes each version of the policy's weights as safetensors
+shards plus an index (`pivotal_weights.json`: the shard files and the tensor count) into
+`<root>/v<version>`, which the servers' worker extension (`pivotal.rollout.vllm_worker`) loads.
+The lora route: each version is a peft adapter directory (adapter_model.safetensors +
+adapter_config.json), which the server loads as a LoRA adapter. A version is staged in a hidden
 directory and renamed into place when complete, so a server never reads half a version; the
 previous version stays on disk until every server has loaded the new one (a failed load falls
 back to it), and older ones are removed.
@@ -10,10 +12,11 @@ back to it), and older ones are removed.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import torch
@@ -27,6 +30,25 @@ def version_dir(root: Path, version: int) -> Path:
     return Path(root) / f"v{version:06d}"
 
 
+@contextlib.contextmanager
+def _staged(root: Path, version: int) -> Iterator[Path]:
+    """A hidden staging directory for `version`, renamed to its final name if the block
+    completes and removed if it raises. Yields the staging directory."""
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    final = version_dir(root, version)
+    staging = root / f".{final.name}.partial"
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir()
+    try:
+        yield staging
+        shutil.rmtree(final, ignore_errors=True)
+        os.replace(staging, final)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+
+
 def write_weight_dir(weights: Iterable[tuple[str, torch.Tensor]], root: Path, version: int,
                      shard_bytes: int = SHARD_BYTES) -> tuple[Path, int, int]:
     """Write `weights` (name, tensor) as version `version` under `root`, atomically.
@@ -38,28 +60,21 @@ def write_weight_dir(weights: Iterable[tuple[str, torch.Tensor]], root: Path, ve
     """
     from safetensors.torch import save_file
 
-    root = Path(root)
-    root.mkdir(parents=True, exist_ok=True)
-    final = version_dir(root, version)
-    staging = root / f".{final.name}.partial"
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir()
     files: list[str] = []
     shard: dict[str, torch.Tensor] = {}
     shard_size, total_bytes, count = 0, 0, 0
-
     shard_storages: set = set()  # of the tensors held in `shard`, all alive until the flush
 
-    def flush():
-        nonlocal shard, shard_size
-        if shard:
-            name = f"model-{len(files) + 1:05d}.safetensors"
-            save_file(shard, str(staging / name))
-            files.append(name)
-            shard, shard_size = {}, 0
-            shard_storages.clear()
+    with _staged(root, version) as staging:
+        def flush():
+            nonlocal shard, shard_size
+            if shard:
+                name = f"model-{len(files) + 1:05d}.safetensors"
+                save_file(shard, str(staging / name))
+                files.append(name)
+                shard, shard_size = {}, 0
+                shard_storages.clear()
 
-    try:
         for name, tensor in weights:
             tensor = tensor.detach().to("cpu").contiguous()
             key = (tensor.untyped_storage().data_ptr(), tensor.storage_offset())
@@ -76,12 +91,20 @@ def write_weight_dir(weights: Iterable[tuple[str, torch.Tensor]], root: Path, ve
         flush()
         with open(staging / INDEX_FILE, "w") as f:
             json.dump({"version": version, "files": files, "tensors": count, "bytes": total_bytes}, f)
-        shutil.rmtree(final, ignore_errors=True)
-        os.replace(staging, final)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    return final, total_bytes, count
+    return version_dir(root, version), total_bytes, count
+
+
+def write_adapter_dir(tensors: dict[str, torch.Tensor], lora_config, root: Path,
+                      version: int) -> tuple[Path, int]:
+    """Write a peft adapter (`pivotal.lora.adapter_files`) as version `version` under `root`,
+    atomically. Returns (directory, bytes of the adapter tensors)."""
+    from safetensors.torch import save_file
+
+    from pivotal.lora import ADAPTER_WEIGHTS
+    with _staged(root, version) as staging:
+        save_file(tensors, str(staging / ADAPTER_WEIGHTS))
+        lora_config.save_pretrained(str(staging))
+    return version_dir(root, version), sum(t.numel() * t.element_size() for t in tensors.values())
 
 
 def prune_versions(root: Path, keep: Iterable[Path]) -> None:
