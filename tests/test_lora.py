@@ -29,9 +29,9 @@ def _split(model):
     return base, adapters
 
 
-def test_merged_weights_and_the_base_view_are_exact():
-    """merged_weights equals peft's merge_and_unload; the base view scores as the model before
-    LoRA, through the whole model and through its trunk and head separately."""
+def _adapted_tiny_model():
+    """(the tiny model with r=4 adapters whose B is random, so they act; a copy of it before
+    LoRA; its Adapters)."""
     model, _ = load_model("tiny-random", seed=0)
     plain = copy.deepcopy(model)
     adapters = apply_lora(model, LoraConfig(r=4, alpha=8))
@@ -39,6 +39,13 @@ def test_merged_weights_and_the_base_view_are_exact():
         for name, p in model.named_parameters():
             if "lora_B" in name:
                 p.normal_(0, 0.1)
+    return model, plain, adapters
+
+
+def test_merged_weights_and_the_base_view_are_exact():
+    """merged_weights equals peft's merge_and_unload; the base view scores as the model before
+    LoRA, through the whole model and through its trunk and head separately."""
+    model, plain, adapters = _adapted_tiny_model()
     ids = torch.randint(0, 1000, (2, 9))
     view = adapters.base_view()
     with torch.no_grad():
@@ -65,13 +72,7 @@ def test_the_adapter_files_pushed_to_servers_are_peft_s_and_the_base_is_untouche
     from peft import PeftModel
 
     from pivotal.rollout.weight_files import write_adapter_dir
-    model, _ = load_model("tiny-random", seed=0)
-    plain = copy.deepcopy(model)
-    adapters = apply_lora(model, LoraConfig(r=4, alpha=8))
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if "lora_B" in name:
-                p.normal_(0, 0.1)
+    model, plain, adapters = _adapted_tiny_model()
     tensors, config = adapter_files(model)
     expected = adapters.state_dict()
     assert tensors.keys() == expected.keys()
