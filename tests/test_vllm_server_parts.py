@@ -20,14 +20,16 @@ from pivotal.rollout.weight_files import prune_versions, version_dir, write_weig
 
 @pytest.fixture
 def http_server():
-    """A server answering each request with the next (status, body) of `replies` (then 200)."""
-    state = {"replies": [], "requests": []}
+    """A server answering each request with the next (status, body) of `replies`, then 200 with
+    `by_path`'s body for the path (or {"ok": true})."""
+    state = {"replies": [], "requests": [], "by_path": {}}
 
     class Handler(BaseHTTPRequestHandler):
         def _answer(self):
             length = int(self.headers.get("Content-Length") or 0)
             state["requests"].append((self.command, self.path, self.rfile.read(length)))
-            status, body = state["replies"].pop(0) if state["replies"] else (200, {"ok": True})
+            status, body = (state["replies"].pop(0) if state["replies"] else
+                            (200, state["by_path"].get(self.path, {"ok": True})))
             data = body if isinstance(body, bytes) else json.dumps(body).encode()  # bytes: as is
             self.send_response(status)
             self.send_header("Content-Type", "application/json")
@@ -153,6 +155,7 @@ def test_the_worker_extension_loads_a_version_and_falls_back_when_one_is_bad(tmp
     (["rollout.engine=vllm_server", "rollout.server_weight_sync=rsync"], "not one of: filesystem"),
     (["rollout.engine=vllm_server", "rollout.server_retries=-1"], "server_retries"),
     (["rollout.engine=vllm_server", "rollout.server_weight_sync=lora"], "model.lora.r is 0"),
+    (["rollout.engine=vllm_server", "rollout.server_weight_sync=nccl"], "model.device is cpu"),
 ])
 def test_bad_server_settings_are_named(overrides, message):
     with pytest.raises(ConfigError, match=message):
@@ -177,3 +180,93 @@ def test_a_plain_text_reply_is_not_a_json_error(http_server):
     http_server["replies"].append((200, b"Success: LoRA adapter loaded"))
     reply = ServerClient(http_server["url"]).post("/v1/load_lora_adapter", {})
     assert reply == {"text": "Success: LoRA adapter loaded"}
+
+
+def test_the_nccl_route_refuses_a_policy_off_the_gpu(tiny, tmp_path):
+    from pivotal.rollout.nccl_weight_sync import NcclWeightTransfer
+    with pytest.raises(ConfigError, match="set model.device=cuda"):
+        NcclWeightTransfer([ServerClient("http://127.0.0.1:9")], tmp_path).push(tiny[0], 1)
+
+
+@pytest.mark.vllm
+def test_the_nccl_route_sends_what_vllm_s_receiver_rebuilds_into_the_policy(http_server, tmp_path,
+                                                                            monkeypatch):
+    """vLLM's own trainer engine and receiver code on both ends of pivotal's route, the NCCL
+    communicator and CUDA streams replaced by a recording wire (no GPU here): the HTTP handshake
+    reaches the server in protocol order, and the bytes broadcast, unpacked with the update info
+    the server was sent, are the policy's merged weights, LoRA deltas included."""
+    pytest.importorskip("vllm")
+    import contextlib
+
+    from vllm.distributed.weight_transfer import nccl_engine, packed_tensor
+
+    from pivotal.config import LoraConfig
+    from pivotal.lora import apply_lora, merged_weights
+    from pivotal.models import load_model
+    from pivotal.rollout import nccl_weight_sync
+
+    model, _ = load_model("tiny-random", seed=0)
+    apply_lora(model, LoraConfig(r=4))
+    with torch.no_grad():  # adapters that act, so merged weights differ from the base
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.05)
+    wire: list[torch.Tensor] = []
+
+    class Sender:
+        def broadcast(self, tensor, src):
+            wire.append(tensor.clone())
+
+        def destroy(self):
+            pass
+
+    class NoStream:
+        def synchronize(self):
+            pass
+
+    monkeypatch.setattr(nccl_engine, "open_trainer_endpoint", lambda info: Sender())
+    monkeypatch.setattr(packed_tensor, "_get_streams", lambda d, n: tuple(NoStream() for _ in range(n)))
+    monkeypatch.setattr(torch.cuda, "stream", lambda s: contextlib.nullcontext())
+    monkeypatch.setattr(torch.accelerator, "current_device_index", lambda: 0)
+    monkeypatch.setattr(nccl_weight_sync, "_check_device", lambda m: None)
+    http_server["by_path"] = {"/get_world_size": {"world_size": 2},
+                              "/reset_prefix_cache": {"success": True}}
+    route = nccl_weight_sync.NcclWeightTransfer([ServerClient(http_server["url"])], tmp_path)
+    nbytes = route.push(model, 1)
+
+    sent = [(path, json.loads(body) if body else None) for _, path, body in http_server["requests"]]
+    assert [path for path, _ in sent] == ["/get_world_size", "/init_weight_transfer_engine",
+                                          "/start_weight_update", "/update_weights",
+                                          "/finish_weight_update", "/reset_prefix_cache"]
+    init, update = sent[1][1]["init_info"], sent[3][1]["update_info"]
+    assert init["world_size"] == 3 and init["rank_offset"] == 1 and init["packed"] is True
+    assert init["master_address"] == "127.0.0.1"
+
+    received: dict[str, torch.Tensor] = {}
+    chunks = iter(wire)
+
+    class Receiver:
+        def broadcast(self, tensor, src):
+            tensor.copy_(next(chunks))
+
+    meta = iter([(n, (shape, getattr(torch, dtype))) for n, dtype, shape
+                 in zip(update["names"], update["dtype_names"], update["shapes"])])
+    packed_tensor.packed_nccl_broadcast_consumer(
+        meta, Receiver(), 0, lambda pairs: received.update((n, t.clone()) for n, t in pairs),
+        buffer_size_bytes=init["packed_buffer_size_bytes"],
+        num_buffers=init["packed_num_buffers"], device="cpu")
+    expected = dict(merged_weights(model))
+    assert received.keys() == expected.keys() and len(expected) > 10
+    lora_weight = next(n for n in expected if "q_proj.weight" in n)
+    base = dict(nccl_weight_sync.base_weights(model))
+    assert not torch.equal(expected[lora_weight], base[lora_weight])
+    for name, tensor in expected.items():
+        assert torch.equal(received[name], tensor), name
+    assert nbytes == sum(t.numel() * t.element_size() for t in expected.values())
+
+    http_server["requests"].clear()  # a second push reuses the group: no new rendezvous
+    route.push(model, 2)
+    assert [p for _, p, _ in http_server["requests"]] == [
+        "/start_weight_update", "/update_weights", "/finish_weight_update", "/reset_prefix_cache"]
+    route.close()
+    assert http_server["requests"][-1][1] == "/shutdown_weight_transfer_engine"

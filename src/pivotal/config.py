@@ -103,7 +103,11 @@ class RolloutConfig:
                                  "filesystem (every weight, LoRA merged in, as safetensors in "
                                  "server_weight_dir, loaded by the worker extension) | lora "
                                  "(model.lora.r > 0: only the adapters, which the servers apply "
-                                 "through vLLM's LoRA support).")
+                                 "through vLLM's LoRA support) | nccl (GPUs: every weight "
+                                 "broadcast over NCCL by vLLM's weight-transfer API).")
+    server_nccl_address: str = _f("", "vllm_server, nccl route: this machine's address the "
+                                  "servers reach it at for the NCCL rendezvous; empty: the "
+                                  "interface that routes to each server.")
     server_weight_dir: str | None = _f(None, "vllm_server: directory for the pushed weights, "
                                        "readable by every server (default <output_dir>/"
                                        "vllm_weights); only the latest version is kept.")

@@ -367,6 +367,16 @@ def _check_servers(rollout, model) -> None:
         raise ConfigError("rollout.server_weight_sync=lora pushes LoRA adapters, and model.lora.r "
                           "is 0 (full fine-tuning): set model.lora.r > 0, or use "
                           "server_weight_sync=filesystem")
+    if rollout.server_weight_sync == "nccl" and rollout.engine == "vllm_server":
+        from .rollout.vllm_engine import VLLM_INSTALL_HINT, vllm_available
+        if str(model.device) == "cpu":
+            raise ConfigError("rollout.server_weight_sync=nccl broadcasts the weights from the "
+                              "trainer's GPU over NCCL, and model.device is cpu: set "
+                              "model.device=cuda, or use server_weight_sync=filesystem")
+        if not vllm_available():
+            raise ConfigError("rollout.server_weight_sync=nccl drives vLLM's weight-transfer "
+                              f"engine from the trainer, and vLLM is not installed here; "
+                              f"{VLLM_INSTALL_HINT}")
     if rollout.server_urls and rollout.engine != "vllm_server":
         raise ConfigError(f"rollout.server_urls is set but rollout.engine is "
                           f"'{rollout.engine}'; set rollout.engine=vllm_server to use them")

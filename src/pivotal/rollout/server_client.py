@@ -71,6 +71,15 @@ class ServerClient:
             self._model = models[0]["id"]
         return self._model
 
+    def reset_prefix_cache(self, after: str) -> None:
+        """Drop the server's cached prompt KV blocks, computed with the weights `after` replaced.
+        The reset fails while a request still holds blocks: a few tries."""
+        for _ in range(5):
+            if self.post("/reset_prefix_cache").get("success"):
+                return
+        raise RolloutServerError(f"vLLM server {self.url}/reset_prefix_cache kept failing after "
+                                 f"{after}: requests still running on it?")
+
     def healthy(self) -> bool:
         """One quick /health probe, no retry."""
         try:

@@ -60,7 +60,7 @@ class VLLMServerEngine:
             urls = [runtime.broadcast(url)]
         self.clients = [ServerClient(u, rollout_cfg.server_timeout_s, rollout_cfg.server_retries)
                         for u in urls]
-        self.route = route(self.clients, weight_root)
+        self.route = route(self.clients, weight_root, rollout_cfg)
         self.pool = ThreadPoolExecutor(max_workers=MAX_CONCURRENT_REQUESTS)
         for client in self.clients:
             client.model_name()  # fails now, naming the URL, if a server is unreachable

@@ -14,6 +14,9 @@ directory per version keeps the prefix cache right without a reset: vLLM's block
 the adapter's name and path. vLLM loads the new adapter before it drops the old one, so a failed
 load leaves the previous version serving.
 
+`nccl` (GPUs): every weight, LoRA merged in, broadcast over NCCL through vLLM's weight-transfer
+API (`pivotal.rollout.nccl_weight_sync`).
+
 A push either reaches every server or raises `RolloutServerError` naming the server; a server
 whose load failed keeps the previous version, and the run stops rather than sample from stale
 weights.
@@ -28,6 +31,7 @@ from pathlib import Path
 from pivotal.errors import ConfigError, RolloutServerError
 from pivotal.lora import ADAPTER_NAME, adapter_files, base_weights, has_adapters, merged_weights
 from pivotal.rollout.local_server import WORKER_EXTENSION
+from pivotal.rollout.nccl_weight_sync import NcclWeightTransfer
 from pivotal.rollout.server_client import ServerClient
 from pivotal.rollout.weight_files import prune_versions, write_adapter_dir, write_weight_dir
 
@@ -43,7 +47,7 @@ class DirectoryRoute:
     # whether a server pivotal starts still needs a push before it serves the policy
     push_after_start = False
 
-    def __init__(self, clients: list[ServerClient], root: Path):
+    def __init__(self, clients: list[ServerClient], root: Path, rollout_cfg=None):
         self.clients, self.root = clients, Path(root).resolve()
         self.current: Path | None = None
         self.seconds: dict[str, list[float]] = {"write": [], "load": []}  # per push
@@ -104,11 +108,7 @@ class FilesystemWeightSync(DirectoryRoute):
         if not workers or any(not isinstance(w, dict) or w.get("tensors") != count for w in workers):
             raise RolloutServerError(f"vLLM server {client.url}: the weight push of {path} ({count} "
                                      f"tensors) was not confirmed by every worker: {workers}")
-        for _ in range(5):  # the reset fails while a request still holds cache blocks
-            if client.post("/reset_prefix_cache").get("success"):
-                return
-        raise RolloutServerError(f"vLLM server {client.url}/reset_prefix_cache kept failing after "
-                                 f"loading {path}: requests still running on it?")
+        client.reset_prefix_cache(f"loading {path}")
 
 
 class LoraAdapterSync(DirectoryRoute):
@@ -170,4 +170,5 @@ def _adapter_config(model):
     return model.peft_config[ADAPTER_NAME]
 
 
-WEIGHT_SYNC_ROUTES = {"filesystem": FilesystemWeightSync, "lora": LoraAdapterSync}
+WEIGHT_SYNC_ROUTES = {"filesystem": FilesystemWeightSync, "lora": LoraAdapterSync,
+                      "nccl": NcclWeightTransfer}
